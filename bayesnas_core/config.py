@@ -1,0 +1,226 @@
+"""Typed run configuration and the named presets.
+
+A run is described by one :class:`RunConfig`. Presets are a name -> config table;
+command-line flags override single fields. ``asdict(cfg)`` is stored in every run
+directory and checkpoint, and :func:`config_from_dict` reads it back.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from typing import Any, Callable
+
+from .errors import UserError
+
+__all__ = [
+    "SpaceConfig",
+    "DataConfig",
+    "SearchConfig",
+    "SelectConfig",
+    "RunConfig",
+    "PRESETS",
+    "get_preset",
+    "config_from_dict",
+    "METHODS",
+    "SELECTORS",
+]
+
+METHODS = ("darts", "balenas")
+SELECTORS = ("argmax", "synflow", "snip", "grasp")
+
+
+@dataclass
+class SpaceConfig:
+    """The search space and the size of its supernet."""
+
+    name: str = "nb201"
+    C: int = 16  # channels of the first stage
+    N: int = 5  # cells per stage
+
+
+@dataclass
+class DataConfig:
+    """Which data the search uses (see :mod:`bayesnas_core.data`)."""
+
+    dataset: str = "cifar10"
+    root: str | None = None  # None: the shipped subset's folder, or ./data
+    image_size: int | None = None  # None: native size
+    limit: int | None = None  # keep only the first `limit` images of each search split
+    batch_size: int = 64
+    augment: bool = True  # random crop (pad 4) + horizontal flip on the train batches
+    download: bool = False
+
+
+@dataclass
+class SearchConfig:
+    """The bilevel search (METHOD.md sections 1, 2 and 4)."""
+
+    method: str = "balenas"  # darts | balenas
+    order: int = 1  # 1: first order; 2: unrolled with the finite-difference Hessian term
+    epochs: int = 50
+    # network weights: SGD, nesterov, cosine schedule
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 5e-4
+    grad_clip: float = 5.0
+    # architecture: Adam (DARTS) or Vadam (BaLeNAS)
+    a_lr: float = 3e-4
+    a_betas: tuple[float, float] = (0.5, 0.999)
+    a_weight_decay: float = 1e-3  # DARTS only; BaLeNAS's regulariser is the prior
+    mc_samples: int = 3  # M
+    prior_precision: float = 1.0  # lambda
+    prec_init: float = 1.0
+    num_data: int | None = None  # N for Vadam; None: size of the valid split
+    batched_mc: bool = True  # evaluate the M samples in one batched pass (first order)
+    unrolled_eps: float = 0.01  # finite-difference radius: eps / ||v||
+    curvature_iters: int = 8  # power iterations for the Hessian eigenvalue per epoch (0: off)
+
+
+@dataclass
+class SelectConfig:
+    """How the final cell is chosen from the learned distribution."""
+
+    method: str = "argmax"  # argmax | synflow | snip | grasp
+    samples: int = 100  # K, architectures drawn for BaLeNAS-TF
+    C: int = 16  # stand-alone network scored by the proxy
+    N: int = 5
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one run; one seed controls it."""
+
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    preset: str = "default"
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    nb201_file: str | None = None
+    out: str = "runs"
+
+    def validate(self) -> "RunConfig":
+        """Raise :class:`UserError` naming the fix for an invalid combination."""
+        s = self.search
+        if s.method not in METHODS:
+            raise UserError(f"unknown method {s.method!r}; use --method {' or '.join(METHODS)}")
+        if s.order not in (1, 2):
+            raise UserError(f"--order must be 1 or 2, got {s.order}")
+        if s.mc_samples < 1:
+            raise UserError(f"--mc-samples must be at least 1, got {s.mc_samples}")
+        if s.epochs < 1:
+            raise UserError(f"--epochs must be at least 1, got {s.epochs}")
+        if self.data.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.data.batch_size}")
+        if self.select.method not in SELECTORS:
+            raise UserError(
+                f"unknown selection {self.select.method!r}; use --select one of {', '.join(SELECTORS)}"
+            )
+        if self.select.samples < 1:
+            raise UserError(f"--select-samples must be at least 1, got {self.select.samples}")
+        if self.space.name != "nb201":
+            raise UserError(f"unknown search space {self.space.name!r}; use nb201")
+        if self.dtype not in ("float32", "float64"):
+            raise UserError(f"--dtype must be float32 or float64, got {self.dtype!r}")
+        return self
+
+
+def _default() -> RunConfig:
+    """The embedded offline default: BaLeNAS (1st order, M=3) on the shipped
+    Fashion-MNIST subset, a scaled-down NB201 supernet, a 2-core CPU in minutes."""
+    return RunConfig(
+        preset="default",
+        space=SpaceConfig(C=8, N=1),
+        data=DataConfig(dataset="fashion-mnist-subset", image_size=16, batch_size=64, augment=False),
+        search=SearchConfig(epochs=6, a_lr=3e-3, curvature_iters=4),
+        select=SelectConfig(samples=20, C=8, N=1),
+    )
+
+
+def _lesson() -> RunConfig:
+    """Smaller still, for notebooks and smoke tests: well under a minute on a CPU."""
+    cfg = _default()
+    cfg.preset = "lesson"
+    cfg.data.limit = 512
+    cfg.search.epochs = 4
+    cfg.search.curvature_iters = 3
+    cfg.select.samples = 10
+    return cfg
+
+
+def _nb201_paper() -> RunConfig:
+    """The paper's NB201 search (METHOD.md section 4): CIFAR-10 25k/25k, C=16, N=5,
+    50 epochs, batch 64, SGD 0.025 cosine to 0.001, a GPU."""
+    return RunConfig(
+        preset="nb201-paper",
+        device="cuda",
+        space=SpaceConfig(C=16, N=5),
+        data=DataConfig(dataset="cifar10", batch_size=64, augment=True),
+        search=SearchConfig(epochs=50, num_data=25_000),
+        select=SelectConfig(samples=100, C=16, N=5),
+    )
+
+
+def _fmnist_paper() -> RunConfig:
+    """Paper settings on the full Fashion-MNIST training set (60k, split in half)."""
+    cfg = _nb201_paper()
+    cfg.preset = "fmnist-paper"
+    cfg.data.dataset = "fashion-mnist"
+    cfg.search.num_data = 30_000
+    return cfg
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "default": _default,
+    "lesson": _lesson,
+    "nb201-paper": _nb201_paper,
+    "fmnist-paper": _fmnist_paper,
+}
+
+
+def get_preset(name: str) -> RunConfig:
+    """A fresh copy of the named preset; an unknown name raises :class:`UserError`."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise UserError(f"unknown preset {name!r}; use --preset one of {', '.join(PRESETS)}") from None
+
+
+def config_from_dict(d: dict[str, Any]) -> RunConfig:
+    """Rebuild a :class:`RunConfig` from ``asdict(cfg)`` (e.g. a run's config.json)."""
+    d = copy.deepcopy(d)
+    sub = {"space": SpaceConfig, "data": DataConfig, "search": SearchConfig, "select": SelectConfig}
+    kwargs: dict[str, Any] = {}
+    names = {f.name for f in fields(RunConfig)}
+    for key, value in d.items():
+        if key not in names:
+            continue
+        if key in sub:
+            cls = sub[key]
+            known = {f.name for f in fields(cls)}
+            value = cls(**{k: v for k, v in value.items() if k in known})
+            if isinstance(value, SearchConfig):
+                value.a_betas = tuple(value.a_betas)  # JSON turns tuples into lists
+        kwargs[key] = value
+    return RunConfig(**kwargs)
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """``asdict`` of a config (JSON-ready)."""
+    assert is_dataclass(cfg)
+    return asdict(cfg)
+
+
+def with_overrides(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
+    """Return a copy with fields replaced per section, e.g. ``search={"epochs": 2}``."""
+    cfg = copy.deepcopy(cfg)
+    for section, values in sections.items():
+        if section in {"seed", "device", "dtype", "preset", "nb201_file", "out"}:
+            cfg = replace(cfg, **{section: values})
+            continue
+        setattr(cfg, section, replace(getattr(cfg, section), **values))
+    return cfg

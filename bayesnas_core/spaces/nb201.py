@@ -1,0 +1,307 @@
+"""The NAS-Bench-201 search space: architecture codec, supernet and stand-alone network.
+
+A cell is a DAG of 4 nodes; node ``i`` sums one op applied to every earlier node ``j``.
+The 6 edges, in the benchmark's order, are ``(1,0), (2,0), (2,1), (3,0), (3,1), (3,2)``,
+which is also the order of the ops in an arch string
+``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` and the row order of alpha ``[6, 5]``.
+
+The network (METHOD.md section 4) is a 3x3 conv stem + BN, three stages of ``N`` cells
+with ``C, 2C, 4C`` channels, a stride-2 residual block between stages, then BN-ReLU,
+global average pooling and a linear classifier.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import UserError
+from .ops import OP_NAMES, PARAMETER_FREE_OPS, ResNetBasicblock, Zero, build_op
+
+__all__ = [
+    "EDGES",
+    "NUM_EDGES",
+    "Arch",
+    "NB201Supernet",
+    "NB201Network",
+    "OP_NAMES",
+]
+
+MAX_NODES = 4
+#: (to_node, from_node) for each edge, in NB201 order.
+EDGES: tuple[tuple[int, int], ...] = tuple((i, j) for i in range(1, MAX_NODES) for j in range(i))
+NUM_EDGES = len(EDGES)
+_FORMAT_HINT = (
+    "expected |op~0|+|op~0|op~1|+|op~0|op~1|op~2| with ops " + ", ".join(OP_NAMES)
+)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One NB201 cell: the op on each of the 6 edges, in NB201 edge order."""
+
+    ops: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.ops) != NUM_EDGES or any(op not in OP_NAMES for op in self.ops):
+            raise UserError(f"not a NAS-Bench-201 cell: {self.ops!r}; {_FORMAT_HINT}")
+
+    # -- codec --------------------------------------------------------------------
+    @classmethod
+    def parse(cls, arch_str: str) -> "Arch":
+        """Parse an NB201 arch string; a malformed one raises :class:`UserError`."""
+        bad = UserError(f"not a NAS-Bench-201 arch string: {arch_str!r}; {_FORMAT_HINT}")
+        if not isinstance(arch_str, str):
+            raise bad
+        nodes = arch_str.split("+")
+        if len(nodes) != MAX_NODES - 1:
+            raise bad
+        ops: list[str] = []
+        for i, node in enumerate(nodes, start=1):
+            if not (node.startswith("|") and node.endswith("|")) or len(node) < 3:
+                raise bad
+            items = node[1:-1].split("|")
+            if len(items) != i:
+                raise bad
+            for j, item in enumerate(items):
+                op, sep, src = item.partition("~")
+                if not sep or op not in OP_NAMES or src != str(j):
+                    raise bad
+                ops.append(op)
+        return cls(tuple(ops))
+
+    @classmethod
+    def from_indices(cls, indices: Sequence[int]) -> "Arch":
+        """Build from one op index (into :data:`OP_NAMES`) per edge."""
+        return cls(tuple(OP_NAMES[int(k)] for k in indices))
+
+    def __str__(self) -> str:
+        parts, e = [], 0
+        for i in range(1, MAX_NODES):
+            items = []
+            for j in range(i):
+                items.append(f"{self.ops[e]}~{j}")
+                e += 1
+            parts.append("|" + "|".join(items) + "|")
+        return "+".join(parts)
+
+    @property
+    def arch_str(self) -> str:
+        return str(self)
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        return tuple(OP_NAMES.index(op) for op in self.ops)
+
+    @classmethod
+    def all(cls) -> Iterator["Arch"]:
+        """All 5^6 = 15,625 cells (in lexicographic op-index order, not NB201's index order)."""
+        for combo in itertools.product(range(len(OP_NAMES)), repeat=NUM_EDGES):
+            yield cls.from_indices(combo)
+
+    # -- analysis -----------------------------------------------------------------
+    @property
+    def num_parameter_free(self) -> int:
+        """How many edges carry a parameter-free op (none, skip, pooling)."""
+        return sum(op in PARAMETER_FREE_OPS for op in self.ops)
+
+    @cached_property
+    def canonical(self) -> str:
+        """A string equal for cells that compute the same network (NB201's rule).
+
+        Node values are written as expressions over the input ``0``: ``none``, or an
+        input whose expression is exactly ``#`` (zero), gives the term ``#``;
+        ``skip_connect`` passes its input's expression; any other op wraps it as
+        ``(expr)@op``. A node is the sorted multiset sum of its terms, and the cell is
+        the expression of node 3. This is NAS-Bench-201's ``to_unique_str`` with zeros
+        considered, which maps the 15,625 strings to 6,466 networks. (Propagating zero
+        through sums of zeros as well, e.g. ``#+#``, would merge them further, to 5,390;
+        the benchmark's count is the one in use.)
+        """
+        exprs: list[str] = ["0"]
+        e = 0
+        for i in range(1, MAX_NODES):
+            terms = []
+            for j in range(i):
+                op, src = self.ops[e], exprs[j]
+                e += 1
+                if op == "none" or src == "#":
+                    terms.append("#")
+                elif op == "skip_connect":
+                    terms.append(src)
+                else:
+                    terms.append(f"({src})@{op}")
+            exprs.append("+".join(sorted(terms)))
+        return exprs[-1]
+
+
+# ---------------------------------------------------------------------------------
+# networks
+# ---------------------------------------------------------------------------------
+def _stage_plan(C: int, N: int) -> list[tuple[int, bool]]:
+    """(channels, is_reduction) for every layer after the stem."""
+    return (
+        [(C, False)] * N + [(2 * C, True)] + [(2 * C, False)] * N
+        + [(4 * C, True)] + [(4 * C, False)] * N
+    )
+
+
+class _MixedOp(nn.Module):
+    """All candidate ops of one edge, mixed by a weight vector."""
+
+    def __init__(self, C: int, bn: dict, dd: dict) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList(build_op(name, C, C, 1, **bn, **dd) for name in OP_NAMES)
+
+    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+        out = None
+        for w, op in zip(weights.unbind(-1), self.ops):
+            if isinstance(op, Zero):  # contributes exactly 0 (and 0 gradient)
+                continue
+            term = w * op(x)
+            out = term if out is None else out + term
+        return out
+
+
+class _SearchCell(nn.Module):
+    def __init__(self, C: int, bn: dict, dd: dict) -> None:
+        super().__init__()
+        self.edges = nn.ModuleList(_MixedOp(C, bn, dd) for _ in EDGES)
+
+    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+        nodes = [x]
+        e = 0
+        for i in range(1, MAX_NODES):
+            s = None
+            for j in range(i):
+                t = self.edges[e](nodes[j], weights[e])
+                s = t if s is None else s + t
+                e += 1
+            nodes.append(s)
+        return nodes[-1]
+
+
+class _InferCell(nn.Module):
+    def __init__(self, arch: Arch, C: int, dd: dict) -> None:
+        super().__init__()
+        self.arch = arch
+        self.edges = nn.ModuleList(build_op(op, C, C, 1, **dd) for op in arch.ops)
+
+    def forward(self, x: Tensor) -> Tensor:
+        nodes = [x]
+        e = 0
+        for i in range(1, MAX_NODES):
+            s = None
+            for j in range(i):
+                t = self.edges[e](nodes[j])
+                s = t if s is None else s + t
+                e += 1
+            nodes.append(s)
+        return nodes[-1]
+
+
+class _Macro(nn.Module):
+    """Stem, stages and head shared by the supernet and the stand-alone network."""
+
+    def __init__(self, C: int, N: int, num_classes: int, in_channels: int, make_cell,
+                 bn: dict, dd: dict) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, C, kernel_size=3, padding=1, bias=False, **dd),
+            nn.BatchNorm2d(C, track_running_stats=bn["track_running_stats"], **dd),
+        )
+        cells: list[nn.Module] = []
+        C_prev = C
+        for C_curr, reduction in _stage_plan(C, N):
+            if reduction:
+                cells.append(ResNetBasicblock(C_prev, C_curr, 2, True,
+                                              bn["track_running_stats"], **dd))
+            else:
+                cells.append(make_cell(C_curr))
+            C_prev = C_curr
+        self.cells = nn.ModuleList(cells)
+        self.lastact = nn.Sequential(
+            nn.BatchNorm2d(C_prev, track_running_stats=bn["track_running_stats"], **dd),
+            nn.ReLU(inplace=False),
+        )
+        self.classifier = nn.Linear(C_prev, num_classes, **dd)
+
+    def head(self, x: Tensor) -> Tensor:
+        x = self.lastact(x)
+        return self.classifier(x.mean(dim=(2, 3)))
+
+
+class NB201Supernet(nn.Module):
+    """The DARTS relaxation of NB201: every edge mixes all 5 ops by ``softmax(alpha)``.
+
+    ``forward(x)`` uses the supernet's own ``alpha``; ``forward(x, alpha)`` uses the
+    given logits instead: ``[6, 5]`` for one architecture, or ``[M, 6, 5]`` for M
+    Monte-Carlo samples, which returns logits ``[M, B, classes]`` computed in one
+    batched pass (``torch.func.vmap``), each sample with its own BN batch statistics
+    exactly as M separate passes would.
+
+    Cell ops use BN without affine parameters (as in DARTS); with
+    ``track_running_stats=False`` (the default) BN always uses batch statistics.
+    """
+
+    def __init__(self, C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3, *,
+                 affine: bool = False, track_running_stats: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        bn = {"affine": affine, "track_running_stats": track_running_stats}
+        self.C, self.N, self.num_classes = C, N, num_classes
+        self.net = _Macro(C, N, num_classes, in_channels, lambda c: _SearchCell(c, bn, dd), bn, dd)
+        self.alpha = nn.Parameter(1e-3 * torch.randn(NUM_EDGES, len(OP_NAMES), **dd))
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return list(self.net.parameters())
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha]
+
+    def _forward(self, x: Tensor, weights: Tensor) -> Tensor:
+        h = self.net.stem(x)
+        for cell in self.net.cells:
+            h = cell(h) if isinstance(cell, ResNetBasicblock) else cell(h, weights)
+        return self.net.head(h)
+
+    def forward(self, x: Tensor, alpha: Tensor | None = None) -> Tensor:
+        alpha = self.alpha if alpha is None else alpha
+        weights = F.softmax(alpha, dim=-1)
+        if weights.dim() == 2:
+            return self._forward(x, weights)
+        if weights.dim() == 3:
+            return torch.func.vmap(self._forward, in_dims=(None, 0))(x, weights)
+        raise ValueError(f"alpha must be [6, 5] or [M, 6, 5], got {tuple(alpha.shape)}")
+
+    def genotype(self, alpha: Tensor | None = None) -> Arch:
+        """The argmax cell of ``alpha`` (default: the supernet's own)."""
+        alpha = self.alpha if alpha is None else alpha
+        return Arch.from_indices(alpha.detach().argmax(dim=-1).tolist())
+
+
+class NB201Network(nn.Module):
+    """The stand-alone network of one cell, as NAS-Bench-201 trains it."""
+
+    def __init__(self, arch: Arch | str, C: int = 16, N: int = 5, num_classes: int = 10,
+                 in_channels: int = 3, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        arch = Arch.parse(arch) if isinstance(arch, str) else arch
+        dd = {"device": device, "dtype": dtype}
+        self.arch = arch
+        self.net = _Macro(C, N, num_classes, in_channels, lambda c: _InferCell(arch, c, dd),
+                          {"affine": True, "track_running_stats": True}, dd)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.net.stem(x)
+        for cell in self.net.cells:
+            h = cell(h)
+        return self.net.head(h)

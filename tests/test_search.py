@@ -1,0 +1,199 @@
+"""The bilevel search: gradients, batched Monte-Carlo, second order, resume, failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bayesnas_core.errors import NonFiniteLossError, UserError
+from bayesnas_core.optim import Vadam
+from bayesnas_core.runs import RunDir
+from bayesnas_core.search import (
+    arch_gradient,
+    arch_gradient_batched,
+    dominant_hessian_eigenvalue,
+    hessian_vector_exact,
+    hessian_vector_fd,
+    search,
+)
+from bayesnas_core.spaces import NB201Supernet
+from bayesnas_core.config import to_dict
+
+from conftest import make_tiny_config, make_tiny_data
+
+
+def _model_and_batches(dtype=torch.float64):
+    torch.manual_seed(0)
+    model = NB201Supernet(C=4, N=1, num_classes=4, in_channels=1, dtype=dtype)
+    data = make_tiny_data(n=16)
+    tb = (data.train.x.to(dtype), data.train.y)
+    vb = (data.valid.x.to(dtype), data.valid.y)
+    return model, tb, vb
+
+
+def test_finite_difference_hvp_matches_autograd() -> None:
+    """DARTS's central difference equals the exact mixed derivative d/da (g_w . v).
+
+    In float64 the central difference has truncation error O(R^2) and round-off
+    O(1e-16 / R) with R = eps/||v||. ReLU kinks make the gradient only piecewise smooth:
+    a larger R lets some pre-activations near zero change sign between w - Rv and
+    w + Rv, which is the known bias of DARTS's eps = 0.01. With eps = 1e-5
+    (R ~ 6e-8 here) no kink is crossed and the relative error is far below 1e-4.
+    """
+    model, tb, vb = _model_and_batches()
+    g = torch.Generator().manual_seed(1)
+    v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in model.weight_parameters()]
+    before = [p.detach().clone() for p in model.weight_parameters()]
+    fd = hessian_vector_fd(model, model.alpha, tb, v, eps=1e-5)
+    exact = hessian_vector_exact(model, model.alpha, tb, v)
+    assert exact.abs().max() > 1e-6  # a non-trivial product
+    torch.testing.assert_close(fd, exact, rtol=1e-4, atol=1e-8)
+    for p, b in zip(model.weight_parameters(), before):
+        assert torch.equal(p, b)  # weights restored exactly
+
+
+def test_second_order_gradient_matches_its_definition() -> None:
+    """Order 2 = grad_a L_val(w') - xi * H v, recomputed here step by step."""
+    model, tb, vb = _model_and_batches()
+    xi = 0.05
+    loss, grad, _ = arch_gradient(model, model.alpha, vb, tb, order=2, xi=xi, eps=1e-5)
+    weights = model.weight_parameters()
+    saved = [w.detach().clone() for w in weights]
+    a = model.alpha.detach().requires_grad_(True)
+    lt = torch.nn.functional.cross_entropy(model(tb[0], a.detach()), tb[1])
+    gw = torch.autograd.grad(lt, weights)
+    with torch.no_grad():
+        for w, gi in zip(weights, gw):
+            w.sub_(xi * gi)
+    lv = torch.nn.functional.cross_entropy(model(vb[0], a), vb[1])
+    grads = torch.autograd.grad(lv, [a, *weights])
+    with torch.no_grad():
+        for w, s in zip(weights, saved):
+            w.copy_(s)
+    expected = grads[0] - xi * hessian_vector_exact(model, model.alpha, tb, grads[1:])
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-8)
+    _, first, _ = arch_gradient(model, model.alpha, vb, order=1)
+    assert not torch.allclose(grad, first)  # the unrolled term matters
+
+
+def test_batched_mc_gradient_equals_sequential() -> None:
+    """With fixed alphas, one batched pass gives each sample's own gradient (float32,
+    tolerance 1e-5 relative: only summation order differs)."""
+    model, tb, vb = _model_and_batches(torch.float32)
+    alphas = torch.randn(3, 6, 5, generator=torch.Generator().manual_seed(2))
+    loss, grads, _ = arch_gradient_batched(model, alphas, vb)
+    seq = [arch_gradient(model, alphas[k], vb)[1] for k in range(3)]
+    seq_loss = sum(arch_gradient(model, alphas[k], vb)[0] for k in range(3)) / 3
+    torch.testing.assert_close(grads, torch.stack(seq), rtol=1e-5, atol=1e-6)
+    assert abs(loss - seq_loss) < 1e-5
+
+
+def test_dominant_eigenvalue_matches_dense_hessian() -> None:
+    model, tb, vb = _model_and_batches()
+    a = model.alpha.detach().requires_grad_(True)
+    f = lambda x: torch.nn.functional.cross_entropy(model(vb[0], x.view(6, 5)), vb[1])
+    H = torch.autograd.functional.hessian(f, a.reshape(-1))
+    eigs = torch.linalg.eigvalsh(H)
+    top = eigs[eigs.abs().argmax()].item()
+    est = dominant_hessian_eigenvalue(model, model.alpha, vb, iters=200,
+                                      generator=torch.Generator().manual_seed(0))
+    assert est == pytest.approx(top, rel=1e-3)
+
+
+@pytest.mark.parametrize("method,order,batched", [
+    ("darts", 1, True), ("darts", 2, True), ("balenas", 1, True), ("balenas", 1, False),
+    ("balenas", 2, False),
+])
+def test_search_runs_and_records(tmp_path, method, order, batched) -> None:
+    cfg = make_tiny_config(tmp_path, method=method, order=order, mc_samples=2, batched_mc=batched)
+    run = RunDir.create(cfg.out, "r", to_dict(cfg), env={})
+    res = search(cfg, make_tiny_data(), run=run, progress=False)
+    assert len(res.metrics) == 2 and len(res.history) == 2
+    assert str(res.arch) == res.metrics[-1]["arch"]
+    hist = json.loads((run.path / "history.json").read_text())
+    assert len(hist["epochs"]) == 2 and len(hist["epochs"][0]["mu"]) == 6
+    if method == "balenas":
+        assert res.sigma is not None and (res.sigma > 0).all()
+        assert hist["epochs"][-1]["sigma"] is not None
+    else:
+        assert res.sigma is None
+    assert all("hessian_eig" in m for m in res.metrics)
+    # alpha moved away from its initialisation
+    assert not torch.allclose(torch.tensor(res.history[0]["mu"]), torch.tensor(res.history[1]["mu"]))
+
+
+def test_fast_path_search_matches_plain_path(tmp_path) -> None:
+    """A short BaLeNAS search with batched MC ends with the same mu and sigma as with
+    one pass per sample: same noise, same gradients up to float32 summation order.
+    Tolerance 1e-4 absolute after 2 epochs (alpha moves ~1e-2)."""
+    results = []
+    for batched in (True, False):
+        cfg = make_tiny_config(tmp_path, method="balenas", mc_samples=3, batched_mc=batched)
+        results.append(search(cfg, make_tiny_data(), progress=False))
+    torch.testing.assert_close(results[0].mu, results[1].mu, rtol=0, atol=1e-4)
+    torch.testing.assert_close(results[0].sigma, results[1].sigma, rtol=1e-4, atol=1e-6)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _fail_at_epoch(n: int, effect=None):
+    """An on_epoch callback that acts at epoch ``n`` (before that epoch's checkpoint)."""
+    calls = {"n": 0}
+
+    def cb(model, arch):
+        calls["n"] += 1
+        if calls["n"] == n:
+            if effect is None:
+                raise _Stop
+            effect(model)
+        return {}
+
+    return cb
+
+
+def test_resume_is_bit_identical(tmp_path) -> None:
+    """Interrupted after epoch 1, resumed: the same mu and sigma, bit for bit (CPU)."""
+    cfg = make_tiny_config(tmp_path, method="balenas", mc_samples=3)
+    cfg.search.epochs = 3
+    full = search(cfg, make_tiny_data(), progress=False)
+
+    run = RunDir.create(cfg.out, "interrupted", to_dict(cfg), env={})
+    with pytest.raises(_Stop):  # epoch 1 is checkpointed; epoch 2 dies before its checkpoint
+        search(cfg, make_tiny_data(), run=run, progress=False, on_epoch=_fail_at_epoch(2))
+    assert run.load_checkpoint()["epoch"] == 1
+    resumed = search(cfg, make_tiny_data(), run=run, resume=True, progress=False)
+    assert torch.equal(resumed.mu, full.mu)
+    assert torch.equal(resumed.sigma, full.sigma)
+    assert [m["epoch"] for m in resumed.metrics] == [1, 2, 3]
+    assert [m["epoch"] for m in run.read_metrics()] == [1, 2, 3]
+
+
+def test_resume_with_changed_settings_is_refused(tmp_path) -> None:
+    cfg = make_tiny_config(tmp_path, method="balenas")
+    run = RunDir.create(cfg.out, "r", to_dict(cfg), env={})
+    search(cfg, make_tiny_data(), run=run, progress=False)
+    cfg.search.mc_samples = 1
+    with pytest.raises(UserError, match="other search settings"):
+        search(cfg, make_tiny_data(), run=run, resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path) -> None:
+    cfg = make_tiny_config(tmp_path, method="darts")
+    cfg.search.epochs = 3
+    run = RunDir.create(cfg.out, "nan", to_dict(cfg), env={})
+
+    def poison(model):  # from epoch 2 on, every forward pass returns NaN
+        model.register_forward_hook(lambda m, i, out: out * float("nan"))
+
+    with pytest.raises(NonFiniteLossError) as info:
+        search(cfg, make_tiny_data(), run=run, progress=False, on_epoch=_fail_at_epoch(1, poison))
+    msg = str(info.value)
+    assert "non-finite loss at epoch 2 step 1" in msg
+    assert "last good checkpoint (epoch 1)" in msg and "\n" not in msg
+    state = run.load_checkpoint()
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
