@@ -136,7 +136,7 @@ def _default() -> RunConfig:
         preset="default",
         space=SpaceConfig(C=8, N=1),
         data=DataConfig(dataset="fashion-mnist-subset", image_size=16, batch_size=64, augment=False),
-        search=SearchConfig(epochs=6, a_lr=3e-3, curvature_iters=4),
+        search=SearchConfig(epochs=20, curvature_iters=4),
         select=SelectConfig(samples=20, C=8, N=1),
     )
 
@@ -146,7 +146,7 @@ def _lesson() -> RunConfig:
     cfg = _default()
     cfg.preset = "lesson"
     cfg.data.limit = 512
-    cfg.search.epochs = 4
+    cfg.search.epochs = 6
     cfg.search.curvature_iters = 3
     cfg.select.samples = 10
     return cfg

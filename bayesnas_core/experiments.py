@@ -6,6 +6,7 @@ ground truth, search, select, look the result up, and write the run directory.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -15,12 +16,23 @@ import torch
 from .benchmarks import GroundTruth, missing_hint, open_benchmark
 from .config import RunConfig, config_from_dict, to_dict
 from .data import BatchIterator, SearchData, load_search_data
-from .runs import RunDir, environment_info
+from .errors import UserError
+from .runs import RunDir, atomic_write_bytes, atomic_write_json, environment_info
 from .search import SearchResult, search
 from .select import select_tf
 from .spaces import Arch
 
-__all__ = ["load_data", "run_search", "ground_truth_record", "select_from_result"]
+__all__ = [
+    "load_data",
+    "run_search",
+    "ground_truth_record",
+    "select_from_result",
+    "mean_std",
+    "table_markdown",
+    "random_baseline",
+    "ablation_mc",
+    "ablation_tf",
+]
 
 
 def load_data(cfg: RunConfig) -> SearchData:
@@ -126,3 +138,297 @@ def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None
     }
     run.write_json("result.json", record)
     return record
+
+
+# ---------------------------------------------------------------------------------
+# ablations in the seed's format (Tables 4 and 5)
+# ---------------------------------------------------------------------------------
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (ddof = 0), as ``x ± s`` tables use."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (sum((v - mean) ** 2 for v in values) / n) ** 0.5
+
+
+class _Ledger:
+    """A JSON file of finished units of work, rewritten atomically after each one,
+    so an interrupted protocol resumes where it stopped."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {"meta": meta, "done": {}}
+        if path.is_file():
+            import json
+
+            try:
+                stored = json.loads(path.read_text())
+            except ValueError:
+                raise UserError(f"{path} is corrupt; delete it to start the study again") from None
+            if stored.get("meta") != json.loads(json.dumps(meta)):
+                raise UserError(f"{path} was made with other settings; use another --results "
+                                "folder or delete it")
+            self.data = stored
+
+    def get(self, key: str) -> Any:
+        return self.data["done"].get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.data["done"][key] = value
+        atomic_write_json(self.path, self.data)
+
+
+def _summary_of(record: dict[str, Any]) -> dict[str, Any]:
+    last = record["final_epoch"] or {}
+    return {"arch": record["arch"], "metrics": record["ground_truth"]["metrics"],
+            "hessian_eig": last.get("hessian_eig"),
+            "parameter_free_ops": last.get("parameter_free_ops"),
+            "wall_time_s": record["wall_time_s"]}
+
+
+def _row(label: str, runs: list[dict[str, Any]], metrics: tuple[str, ...]) -> dict[str, Any]:
+    row: dict[str, Any] = {"label": label, "n": len(runs), "archs": [r["arch"] for r in runs]}
+    for m in metrics:
+        vals = [r["metrics"][m] for r in runs if r["metrics"].get(m) is not None]
+        row[m] = mean_std(vals) if vals else None
+    for extra in ("hessian_eig", "parameter_free_ops"):
+        vals = [r[extra] for r in runs if r.get(extra) is not None]
+        row[extra] = mean_std(vals) if vals else None
+    return row
+
+
+def table_markdown(rows: list[dict[str, Any]], metrics: tuple[str, ...],
+                   first: str = "method") -> str:
+    """A Markdown table of ``mean ± std`` per metric; a missing metric reads 'missing'."""
+    cols = [first, "n", *metrics, "hessian_eig", "parameter_free_ops"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [r["label"], str(r["n"])]
+        for c in (*metrics, "hessian_eig", "parameter_free_ops"):
+            v = r.get(c)
+            if v is None:
+                cells.append("missing" if c in metrics else "-")
+            elif c == "hessian_eig":
+                cells.append(f"{v[0]:.3g} ± {v[1]:.2g}")
+            else:
+                cells.append(f"{v[0]:.2f} ± {v[1]:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _metrics_of(bench: Any) -> tuple[str, ...]:
+    from .benchmarks import METRICS
+
+    probe = bench.query(0)
+    return tuple(m for m in METRICS if probe.metrics.get(m) is not None)
+
+
+def _optimal_row(bench: Any, metrics: tuple[str, ...]) -> dict[str, Any]:
+    row: dict[str, Any] = {"label": "optimal", "n": 1, "archs": []}
+    for m in metrics:
+        row[m] = (bench.best(m).metrics[m], 0.0)
+    row["hessian_eig"] = row["parameter_free_ops"] = None
+    return row
+
+
+def random_baseline(bench: Any, seeds: list[int]) -> list[dict[str, Any]]:
+    """One uniformly random NB201 cell per seed (``random.Random(seed)``)."""
+    import random
+
+    runs = []
+    for seed in seeds:
+        gt = bench.query(random.Random(seed).randrange(len(bench)))
+        runs.append({"arch": gt.arch_str, "metrics": dict(gt.metrics), "hessian_eig": None,
+                     "parameter_free_ops": Arch.parse(gt.arch_str).num_parameter_free})
+    return runs
+
+
+def _write_table(results_dir: Path, stem: str, title: str, command: str,
+                 rows: list[dict[str, Any]], metrics: tuple[str, ...], first: str,
+                 extra: dict[str, Any]) -> dict[str, Any]:
+    md = (f"# {title}\n\nCommand: `{command}`\n\nNAS-Bench-201 accuracy (%) of the selected "
+          f"cell, mean ± std (population) over seeds; `hessian_eig` is the dominant eigenvalue "
+          f"of the validation-loss Hessian w.r.t. alpha after the last epoch, "
+          f"`parameter_free_ops` the number of parameter-free ops in the selected cell.\n\n"
+          + table_markdown(rows, metrics, first))
+    out = {"title": title, "command": command, "metrics": list(metrics), "rows": rows, **extra}
+    atomic_write_bytes(results_dir / f"{stem}.md", md.encode())
+    atomic_write_json(results_dir / f"{stem}.json", out)
+    return out
+
+
+def ablation_mc(cfg: RunConfig, mcs: list[int], seeds: list[int], *, results_dir: str | Path,
+                command: str = "", progress: bool = True, log: Callable[[str], None] = print,
+                bench: Any = None) -> dict[str, Any]:
+    """The seed's Table 5: BaLeNAS for each M and seed, plus Random and DARTS rows."""
+    results_dir = Path(results_dir)
+    bench = bench if bench is not None else open_benchmark(cfg.nb201_file)
+    metrics = _metrics_of(bench)
+    ledger = _Ledger(results_dir / "ablation-mc.ledger.json",
+                     {"config": to_dict(cfg), "mcs": mcs, "seeds": seeds})
+    jobs = [(f"balenas-m{m}-s{s}", "balenas", m, s) for m in mcs for s in seeds]
+    jobs += [(f"darts-s{s}", "darts", 1, s) for s in seeds]
+    for key, method, m, seed in jobs:
+        if ledger.get(key) is not None:
+            continue
+        log(f"[ablation-mc] {key}")
+        run_cfg = copy.deepcopy(cfg)
+        run_cfg.seed, run_cfg.search.method, run_cfg.search.mc_samples = seed, method, m
+        run_cfg.select.method = "argmax"
+        ledger.put(key, _summary_of(run_search(run_cfg, progress=progress, log=log, bench=bench)))
+    order = cfg.search.order
+    rows = [_row(f"M = {m}", [ledger.get(f"balenas-m{m}-s{s}") for s in seeds], metrics)
+            for m in mcs]
+    rows.append(_row("Random baseline", random_baseline(bench, seeds), metrics))
+    rows.append(_row(f"DARTS ({'1st' if order == 1 else '2nd'})",
+                     [ledger.get(f"darts-s{s}") for s in seeds], metrics))
+    rows.append(_optimal_row(bench, metrics))
+    return _write_table(results_dir, "ablation-mc",
+                        f"Ablation over the MC sample size M (BaLeNAS, order {order}, preset "
+                        f"{cfg.preset})", command, rows, metrics, "MCMC number",
+                        {"config": to_dict(cfg), "seeds": seeds, "runs": ledger.data["done"]})
+
+
+def ablation_tf(cfg: RunConfig, proxies: list[str], samples: list[int], seeds: list[int], *,
+                results_dir: str | Path, command: str = "", progress: bool = True,
+                log: Callable[[str], None] = print, bench: Any = None) -> dict[str, Any]:
+    """The seed's Table 4: BaLeNAS argmax vs BaLeNAS-TF with each proxy and K.
+
+    One BaLeNAS search per seed; then ``max(samples)`` cells are drawn once from its
+    N(mu, sigma^2) and each K uses the first K draws, so the candidate sets are nested.
+    """
+    from tqdm.auto import tqdm
+
+    from .select import sample_archs, score_archs, unique_networks
+
+    results_dir = Path(results_dir)
+    bench = bench if bench is not None else open_benchmark(cfg.nb201_file)
+    metrics = _metrics_of(bench)
+    ledger = _Ledger(results_dir / "ablation-tf.ledger.json",
+                     {"config": to_dict(cfg), "proxies": proxies, "samples": samples,
+                      "seeds": seeds})
+    sel = cfg.select
+    for seed in seeds:
+        key = f"s{seed}"
+        if ledger.get(key) is not None:
+            continue
+        log(f"[ablation-tf] BaLeNAS search, seed {seed}")
+        run_cfg = copy.deepcopy(cfg)
+        run_cfg.seed, run_cfg.search.method, run_cfg.select.method = seed, "balenas", "argmax"
+        data = load_data(run_cfg)
+        record = run_search(run_cfg, progress=progress, log=log, bench=bench, data=data)
+        mu, sigma = torch.tensor(record["mu"]), torch.tensor(record["sigma"])
+        draws = sample_archs(mu, sigma, max(samples), torch.Generator().manual_seed(seed + 104729))
+        batch = next(iter(BatchIterator(data.train, cfg.data.batch_size, shuffle=False).epoch(0)))
+        entry: dict[str, Any] = {"argmax": _summary_of(record), "tf": {}}
+        pool = unique_networks(draws)
+        for proxy in proxies:
+            scored = score_archs(pool, proxy=proxy, num_classes=data.num_classes,
+                                 in_channels=data.in_channels, image_size=data.image_size,
+                                 batch=batch, C=sel.C, N=sel.N, device=cfg.device,
+                                 init_seed=seed,
+                                 progress=lambda xs: tqdm(xs, desc=f"{proxy} s{seed}", leave=False,
+                                                          disable=not progress))
+            score_of = {c.arch.canonical: c.score for c in scored}
+            for k in samples:
+                cands = unique_networks(draws[:k])
+                best = max(cands, key=lambda a: score_of[a.canonical])
+                gt = bench.query(str(best))
+                entry["tf"][f"{proxy}-{k}"] = {
+                    "arch": str(best), "metrics": dict(gt.metrics), "distinct": len(cands),
+                    "score": score_of[best.canonical], "hessian_eig": None,
+                    "parameter_free_ops": best.num_parameter_free}
+        ledger.put(key, entry)
+    rows = [_row("BaLeNAS", [ledger.get(f"s{s}")["argmax"] for s in seeds], metrics)]
+    for proxy in proxies:
+        for k in samples:
+            rows.append(_row(f"BaLeNAS with {proxy}, K = {k}",
+                             [ledger.get(f"s{s}")["tf"][f"{proxy}-{k}"] for s in seeds], metrics))
+    rows.append(_optimal_row(bench, metrics))
+    return _write_table(results_dir, "ablation-tf",
+                        f"BaLeNAS-TF with zero-cost proxies and sample size K (preset {cfg.preset})",
+                        command, rows, metrics, "method",
+                        {"config": to_dict(cfg), "seeds": seeds, "runs": ledger.data["done"]})
+
+
+# ---------------------------------------------------------------------------------
+# proxy-quality study
+# ---------------------------------------------------------------------------------
+TARGETS = ("cifar10_test", "cifar100_test", "imagenet16_test")
+
+
+def rank_correlations(scores: list[float], accs: list[float]) -> dict[str, float]:
+    """Spearman's rho and Kendall's tau (tau-b) between scores and accuracies."""
+    from scipy import stats
+
+    rho = stats.spearmanr(scores, accs).statistic
+    tau = stats.kendalltau(scores, accs).statistic
+    return {"spearman": float(rho), "kendall": float(tau), "n": len(scores)}
+
+
+def proxy_study(cfg: RunConfig, counts: dict[str, int], *, results_dir: str | Path,
+                seed: int = 0, C: int = 16, N: int = 5, command: str = "",
+                progress: bool = True, log: Callable[[str], None] = print,
+                bench: Any = None, save_every: int = 10) -> dict[str, Any]:
+    """Score uniformly random NB201 cells with each proxy; rank-correlate with accuracy.
+
+    ``counts`` maps proxy -> number of cells (a prefix of one seeded random permutation
+    of the 15,625 cells, so smaller counts are subsets of larger ones). Networks are the
+    full stand-alone NB201 networks ``(C, N)`` on ``cfg.data``'s image shape; SNIP and
+    GraSP use its first training batch. Scores are saved every ``save_every`` cells and
+    an interrupted study resumes.
+    """
+    from tqdm.auto import tqdm
+
+    from .select import score_archs
+
+    results_dir = Path(results_dir)
+    bench = bench if bench is not None else open_benchmark(cfg.nb201_file)
+    data = load_data(cfg)
+    batch = next(iter(BatchIterator(data.train, cfg.data.batch_size, shuffle=False).epoch(0)))
+    order = torch.randperm(len(bench), generator=torch.Generator().manual_seed(seed)).tolist()
+    ledger = _Ledger(results_dir / "proxy-study.ledger.json",
+                     {"counts": counts, "seed": seed, "C": C, "N": N, "data": to_dict(cfg)["data"]})
+    for proxy, count in counts.items():
+        done: list[list[Any]] = list(ledger.get(proxy) or [])
+        todo = order[len(done):count]
+        bar = tqdm(total=count, initial=len(done), desc=f"{proxy}", disable=not progress)
+        for start in range(0, len(todo), save_every):
+            chunk = [Arch.parse(bench.arch_str(i)) for i in todo[start:start + save_every]]
+            scored = score_archs(chunk, proxy=proxy, num_classes=data.num_classes,
+                                 in_channels=data.in_channels, image_size=data.image_size,
+                                 batch=batch, C=C, N=N, device=cfg.device, init_seed=seed)
+            done += [[i, c.score, c.log10] for i, c in zip(todo[start:start + save_every], scored)]
+            ledger.put(proxy, done)
+            bar.update(len(chunk))
+        bar.close()
+    summary: dict[str, Any] = {"command": command, "seed": seed, "C": C, "N": N,
+                               "dataset": data.name, "image_shape": [data.in_channels,
+                                                                     data.image_size,
+                                                                     data.image_size],
+                               "batch_size": cfg.data.batch_size, "correlations": {},
+                               "scores": {}}
+    for proxy in counts:
+        rows = ledger.get(proxy)
+        summary["scores"][proxy] = [
+            {"index": i, "arch": bench.arch_str(i), "score": sc, "log10": lg,
+             **{t: bench.query(i).metrics[t] for t in TARGETS}} for i, sc, lg in rows]
+        summary["correlations"][proxy] = {
+            t: rank_correlations([r[1] for r in rows], [bench.query(r[0]).metrics[t] for r in rows])
+            for t in TARGETS}
+    atomic_write_json(results_dir / "proxy-study.json", summary)
+    lines = ["| proxy | n | " + " | ".join(f"{t} ρ / τ" for t in TARGETS) + " |",
+             "|---|---|" + "---|" * len(TARGETS)]
+    for proxy, corr in summary["correlations"].items():
+        lines.append(f"| {proxy} | {corr[TARGETS[0]]['n']} | " + " | ".join(
+            f"{corr[t]['spearman']:.3f} / {corr[t]['kendall']:.3f}" for t in TARGETS) + " |")
+    md = (f"# Zero-cost proxy quality on NAS-Bench-201\n\nCommand: `{command}`\n\n"
+          f"Spearman ρ and Kendall τ between each proxy's score at initialisation "
+          f"(stand-alone network C={C}, N={N}, input {summary['image_shape']}, "
+          f"{data.name}) and NB201 test accuracy.\n\n" + "\n".join(lines) + "\n")
+    atomic_write_bytes(results_dir / "proxy-study.md", md.encode())
+    from . import viz
+
+    fig = viz.proxy_study_figure(summary)
+    fig.savefig(results_dir / "proxy-study.png", dpi=110, bbox_inches="tight")
+    viz.close(fig)
+    return summary

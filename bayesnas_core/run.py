@@ -3,6 +3,10 @@
 Commands:
 
 - ``search`` (the default): one search, selection and ground-truth lookup.
+- ``lookup ARCH...``: the NAS-Bench-201 ground truth of cells.
+- ``ablation-mc``: the seed's Table 5 (M), with Random and DARTS rows.
+- ``ablation-tf``: the seed's Table 4 (proxy x K).
+- ``proxies``: rank correlation of each zero-cost proxy with NB201 accuracy.
 
 Every user mistake ends with one line on stderr that names the fix, and exit status 2.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -92,17 +97,19 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _print_result(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
+    from .benchmarks import GroundTruth, format_ground_truth
+
     sel = result["selection"]
     out("")
     out(f"selected cell ({sel['method']}): {result['arch']}")
     if sel["method"] != "argmax":
         out(f"argmax(mu) cell:        {sel['argmax']['arch']}")
-    gt = result["ground_truth"]
-    out(f"NAS-Bench-201 ground truth, {gt['source']}:")
-    for name, value in gt["metrics"].items():
-        out(f"  {name:<17} {'missing' if value is None else f'{value:.2f} %'}")
-    if gt["hint"]:
-        out(f"  ({gt['hint']})")
+    rec = result["ground_truth"]
+    gt = GroundTruth(arch_str=rec["arch"], index=rec["index"], metrics=rec["metrics"],
+                     source=rec["source"])
+    out(format_ground_truth(gt))
+    if rec["hint"]:
+        out(f"  ({rec['hint']})")
     out(f"run directory: {result['run_dir']}  (wall time {result['wall_time_s']:.1f} s)")
 
 
@@ -122,7 +129,106 @@ def _cmd_search(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"search": _cmd_search}
+def _cmd_lookup(argv: Sequence[str]) -> int:
+    from .benchmarks import format_ground_truth, missing_hint, open_benchmark
+
+    p = _Parser(prog="python -m bayesnas_core.run lookup",
+                description="Print the NAS-Bench-201 ground truth of cells (arch strings or indices).")
+    p.add_argument("arch", nargs="+", help="an NB201 arch string |op~0|+|op~0|op~1|+|...| or an index")
+    p.add_argument("--nb201-file", help="the official NAS-Bench-201 file")
+    args = p.parse_args(argv)
+    bench = open_benchmark(args.nb201_file)
+    for item in args.arch:
+        gt = bench.query(int(item) if item.isdigit() else item)
+        print(format_ground_truth(gt))
+        hint = missing_hint(gt)
+        if hint:
+            print(f"  ({hint})")
+    return 0
+
+
+def _command_line(prog: str, argv: Sequence[str]) -> str:
+    import shlex
+
+    return " ".join(["python -m bayesnas_core.run", prog, *map(shlex.quote, argv)])
+
+
+def _cmd_ablation_mc(argv: Sequence[str]) -> int:
+    from .experiments import ablation_mc
+
+    p = _Parser(prog="python -m bayesnas_core.run ablation-mc",
+                description="The seed's Table 5: BaLeNAS for each M and seed, plus Random and DARTS.")
+    _add_common(p)
+    p.add_argument("--mc", type=int, nargs="+", default=[1, 2, 3, 4], help="values of M")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--order", type=int, help="1 or 2 (the seed's table is 2nd order)")
+    p.add_argument("--results", default="runs/ablation-mc", help="folder for the table (md + json)")
+    args = p.parse_args(argv)
+    cfg = build_config(args)
+    if any(m < 1 for m in args.mc):
+        raise UserError(f"--mc values must be at least 1, got {args.mc}")
+    out = ablation_mc(cfg, args.mc, args.seeds, results_dir=args.results,
+                      command=_command_line("ablation-mc", argv), progress=not args.no_progress)
+    print(Path(args.results, "ablation-mc.md").read_text())
+    return 0 if out else 1
+
+
+def _cmd_ablation_tf(argv: Sequence[str]) -> int:
+    from .experiments import ablation_tf
+    from .proxies import PROXIES
+
+    p = _Parser(prog="python -m bayesnas_core.run ablation-tf",
+                description="The seed's Table 4: BaLeNAS-TF with each proxy and sample size K.")
+    _add_common(p)
+    p.add_argument("--proxies", nargs="+", default=["synflow", "snip", "grasp"])
+    p.add_argument("--samples", type=int, nargs="+", default=[10, 50, 100], help="values of K")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--mc-samples", type=int, help="M of the BaLeNAS searches")
+    p.add_argument("--results", default="runs/ablation-tf", help="folder for the table (md + json)")
+    args = p.parse_args(argv)
+    cfg = build_config(args)
+    for name in args.proxies:
+        if name not in PROXIES:
+            raise UserError(f"unknown proxy {name!r}; use --proxies from {', '.join(sorted(PROXIES))}")
+    if any(k < 1 for k in args.samples):
+        raise UserError(f"--samples values must be at least 1, got {args.samples}")
+    ablation_tf(cfg, args.proxies, args.samples, args.seeds, results_dir=args.results,
+                command=_command_line("ablation-tf", argv), progress=not args.no_progress)
+    print(Path(args.results, "ablation-tf.md").read_text())
+    return 0
+
+
+def _cmd_proxies(argv: Sequence[str]) -> int:
+    from .experiments import proxy_study
+
+    p = _Parser(prog="python -m bayesnas_core.run proxies",
+                description="Rank correlation of SynFlow, SNIP and GraSP with NB201 accuracy.")
+    _add_common(p)
+    p.add_argument("--synflow-cells", type=int, default=1000)
+    p.add_argument("--snip-grasp-cells", type=int, default=200, help="cells scored by SNIP and GraSP")
+    p.add_argument("--proxies", nargs="+", default=["synflow", "snip", "grasp"])
+    p.add_argument("--net-channels", type=int, default=16, help="C of the scored networks")
+    p.add_argument("--net-cells", type=int, default=5, help="N of the scored networks")
+    p.add_argument("--results", default="assets/results/proxies", help="folder for json, md, png")
+    args = p.parse_args(argv)
+    cfg = build_config(args)
+    counts = {name: (args.synflow_cells if name == "synflow" else args.snip_grasp_cells) for name in args.proxies}
+    if any(n < 3 for n in counts.values()):
+        raise UserError("score at least 3 cells per proxy (--synflow-cells, --snip-grasp-cells)")
+    summary = proxy_study(cfg, counts, results_dir=args.results, seed=cfg.seed,
+                          C=args.net_channels, N=args.net_cells,
+                          command=_command_line("proxies", argv), progress=not args.no_progress)
+    print(Path(args.results, "proxy-study.md").read_text())
+    return 0 if summary else 1
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "search": _cmd_search,
+    "lookup": _cmd_lookup,
+    "ablation-mc": _cmd_ablation_mc,
+    "ablation-tf": _cmd_ablation_tf,
+    "proxies": _cmd_proxies,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

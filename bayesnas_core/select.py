@@ -17,7 +17,15 @@ from torch import Tensor
 from .proxies import compute_proxy
 from .spaces import Arch, NB201Network
 
-__all__ = ["argmax_arch", "sample_archs", "unique_networks", "Candidate", "TFSelection", "select_tf"]
+__all__ = [
+    "argmax_arch",
+    "sample_archs",
+    "unique_networks",
+    "score_archs",
+    "Candidate",
+    "TFSelection",
+    "select_tf",
+]
 
 
 def argmax_arch(mu: Tensor) -> Arch:
@@ -71,29 +79,35 @@ class TFSelection:
     candidates: list[Candidate]  # distinct networks, in draw order
 
 
-def select_tf(mu: Tensor, sigma: Tensor | None, *, proxy: str, samples: int,
-              num_classes: int, in_channels: int, image_size: int,
-              batch: tuple[Tensor, Tensor] | None = None, C: int = 16, N: int = 5,
-              generator: torch.Generator | None = None,
-              device: torch.device | str = "cpu",
-              init_seed: int = 0,
-              progress: Callable[[list[Arch]], Any] | None = None) -> TFSelection:
-    """BaLeNAS-TF: sample, de-duplicate, score with ``proxy``, return the best.
+def score_archs(archs: list[Arch], *, proxy: str, num_classes: int, in_channels: int,
+                image_size: int, batch: tuple[Tensor, Tensor] | None = None, C: int = 16,
+                N: int = 5, device: torch.device | str = "cpu", init_seed: int = 0,
+                progress: Callable[[list[Arch]], Any] | None = None) -> list[Candidate]:
+    """Score each cell's stand-alone network at initialisation with ``proxy``.
 
-    Every stand-alone network is initialised from ``torch.manual_seed(init_seed)``,
-    so a cell's score does not depend on the order it was drawn in. ``batch`` is the
-    labelled batch SNIP and GraSP need; SynFlow uses no data.
+    Every network is initialised from ``torch.manual_seed(init_seed)`` (the global RNG
+    state is restored afterwards), so a cell's score does not depend on the order it
+    is scored in. ``batch`` is the labelled batch SNIP and GraSP need; SynFlow uses none.
     """
-    archs = unique_networks(sample_archs(mu, sigma, samples, generator))
-    it = progress(archs) if progress is not None else archs
-    candidates: list[Candidate] = []
-    for arch in it:
+    inputs, targets = (None, None) if batch is None else (batch[0].to(device), batch[1].to(device))
+    out: list[Candidate] = []
+    for arch in (progress(archs) if progress is not None else archs):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             net = NB201Network(arch, C, N, num_classes, in_channels, device=device)
-        inputs, targets = (None, None) if batch is None else (batch[0].to(device), batch[1].to(device))
         score = compute_proxy(proxy, net, inputs=inputs, targets=targets,
                               input_shape=(in_channels, image_size, image_size))
-        candidates.append(Candidate(arch, score.value, score.log10))
+        out.append(Candidate(arch, score.value, score.log10))
+    return out
+
+
+def select_tf(mu: Tensor, sigma: Tensor | None, *, proxy: str, samples: int,
+              generator: torch.Generator | None = None, **score_kw: Any) -> TFSelection:
+    """BaLeNAS-TF: draw ``samples`` cells, keep distinct networks, score, pick the best.
+
+    ``score_kw`` goes to :func:`score_archs` (sizes, batch, device, init seed).
+    """
+    archs = unique_networks(sample_archs(mu, sigma, samples, generator))
+    candidates = score_archs(archs, proxy=proxy, **score_kw)
     best = max(candidates, key=lambda c: c.score).arch
     return TFSelection(proxy=proxy, samples=samples, best=best, candidates=candidates)

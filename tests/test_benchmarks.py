@@ -12,7 +12,6 @@ import torch
 
 from bayesnas_core.benchmarks import (
     METRICS,
-    OPS,
     GroundTruth,
     NB201Table,
     OfficialNB201,
@@ -21,6 +20,7 @@ from bayesnas_core.benchmarks import (
     open_benchmark,
 )
 from bayesnas_core.errors import UserError
+from bayesnas_core.spaces import OP_NAMES
 from bayesnas_core.paths import assets_dir
 
 ALL_SKIP = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
@@ -36,7 +36,7 @@ def table() -> NB201Table:
 # embedded table
 # ---------------------------------------------------------------------------------
 def test_table_size_and_roundtrip_all_cells(table: NB201Table) -> None:
-    assert len(table) == 15_625 == len(OPS) ** 6
+    assert len(table) == 15_625 == len(OP_NAMES) ** 6
     for i in range(len(table)):
         assert table.index_of(table.arch_str(i)) == i
     assert len(set(table)) == 15_625

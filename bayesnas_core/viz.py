@@ -1,0 +1,164 @@
+"""Matplotlib pictures of searches, distributions and studies.
+
+Every plot is ``f(data, *, ax=None) -> Axes``: given an ``ax`` it draws there, otherwise
+on a fresh :class:`matplotlib.figure.Figure` (no pyplot, no global state, no rcParams
+changes), which Jupyter displays when it is a cell's last value (``ax.figure``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from .spaces import EDGES, OP_NAMES
+
+__all__ = [
+    "new_axes",
+    "close",
+    "alpha_heatmap",
+    "alpha_trajectory",
+    "posterior_densities",
+    "metric_curves",
+    "proxy_scatter",
+    "proxy_study_figure",
+    "ablation_bars",
+]
+
+EDGE_LABELS = [f"{i}←{j}" for i, j in EDGES]
+OP_LABELS = ["none", "skip", "conv1x1", "conv3x3", "pool3x3"]
+
+
+def new_axes(figsize: tuple[float, float] = (5.0, 3.5), ncols: int = 1, nrows: int = 1) -> Any:
+    """Axes on a new Figure (an array of Axes when there are several)."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig.subplots(nrows, ncols)
+
+
+def close(fig: Figure) -> None:
+    """Free a figure's canvas memory (Figures made here are not tracked by pyplot)."""
+    fig.clear()
+
+
+def _softmax(row: Sequence[float]) -> list[float]:
+    m = max(row)
+    e = [math.exp(v - m) for v in row]
+    s = sum(e)
+    return [v / s for v in e]
+
+
+def alpha_heatmap(alpha: Sequence[Sequence[float]], *, softmax: bool = True, ax: Axes | None = None,
+                  title: str = "") -> Axes:
+    """Edges x ops heat map of ``softmax(alpha)`` (or the raw values)."""
+    ax = ax if ax is not None else new_axes((5.2, 3.2))
+    rows = [_softmax(r) if softmax else list(r) for r in alpha]
+    im = ax.imshow(rows, cmap="viridis", aspect="auto", vmin=0 if softmax else None,
+                   vmax=1 if softmax else None)
+    ax.set_xticks(range(len(OP_LABELS)), OP_LABELS, rotation=30, ha="right")
+    ax.set_yticks(range(len(EDGE_LABELS)), EDGE_LABELS)
+    for i, r in enumerate(rows):
+        for j, v in enumerate(r):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if (softmax and v < 0.5) else "black")
+    ax.figure.colorbar(im, ax=ax, label="softmax(α)" if softmax else "α")
+    ax.set_title(title or ("softmax(α) per edge" if softmax else "α per edge"))
+    return ax
+
+
+def alpha_trajectory(history: Sequence[dict[str, Any]], edge: int = 0, *, ax: Axes | None = None,
+                     band: float = 1.0) -> Axes:
+    """mu of every op on one edge over epochs, with a ``± band * sigma`` ribbon."""
+    ax = ax if ax is not None else new_axes()
+    epochs = [h["epoch"] for h in history]
+    for k, label in enumerate(OP_LABELS):
+        mu = [h["mu"][edge][k] for h in history]
+        line = ax.plot(epochs, mu, marker="o", ms=3, label=label)[0]
+        if history and history[0].get("sigma") is not None:
+            sd = [h["sigma"][edge][k] for h in history]
+            ax.fill_between(epochs, [m - band * s for m, s in zip(mu, sd)],
+                            [m + band * s for m, s in zip(mu, sd)], color=line.get_color(),
+                            alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("μ (α)")
+    ax.set_title(f"edge {EDGE_LABELS[edge]}")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def posterior_densities(mu: Sequence[float], sigma: Sequence[float], *, ax: Axes | None = None,
+                        title: str = "") -> Axes:
+    """The Gaussian N(mu_o, sigma_o^2) of every op on one edge."""
+    ax = ax if ax is not None else new_axes()
+    lo = min(m - 4 * s for m, s in zip(mu, sigma))
+    hi = max(m + 4 * s for m, s in zip(mu, sigma))
+    xs = [lo + (hi - lo) * i / 400 for i in range(401)]
+    for m, s, label in zip(mu, sigma, OP_LABELS):
+        ys = [math.exp(-0.5 * ((x - m) / s) ** 2) / (s * math.sqrt(2 * math.pi)) for x in xs]
+        ax.plot(xs, ys, label=label)
+    ax.set_xlabel("α")
+    ax.set_ylabel("density")
+    ax.set_title(title or "posterior of α on one edge")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def metric_curves(runs: dict[str, Sequence[dict[str, Any]]], key: str, *, ax: Axes | None = None,
+                  ylabel: str | None = None) -> Axes:
+    """One line per run of a per-epoch metric (``metrics.jsonl`` records)."""
+    ax = ax if ax is not None else new_axes()
+    for label, records in runs.items():
+        pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel or key)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def proxy_scatter(log10_scores: Sequence[float], accs: Sequence[float], *, ax: Axes | None = None,
+                  title: str = "", xlabel: str = "proxy score (signed log10)",
+                  ylabel: str = "test accuracy (%)") -> Axes:
+    """Scatter of proxy scores against ground-truth accuracy."""
+    ax = ax if ax is not None else new_axes()
+    ax.scatter(log10_scores, accs, s=6, alpha=0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return ax
+
+
+def proxy_study_figure(summary: dict[str, Any]) -> Figure:
+    """Proxies (rows) x datasets (columns) scatter grid with rank correlations."""
+    proxies = list(summary["scores"])
+    targets = ("cifar10_test", "cifar100_test", "imagenet16_test")
+    axes = new_axes((4.0 * len(targets), 3.0 * len(proxies)), ncols=len(targets),
+                    nrows=len(proxies))
+    if len(proxies) == 1:
+        axes = [axes]
+    for row, proxy in zip(axes, proxies):
+        rows = summary["scores"][proxy]
+        for ax, t in zip(row, targets):
+            c = summary["correlations"][proxy][t]
+            proxy_scatter([r["log10"] for r in rows], [r[t] for r in rows], ax=ax,
+                          title=f"{proxy} vs {t}: ρ={c['spearman']:.2f}, τ={c['kendall']:.2f}",
+                          xlabel=f"{proxy} (signed log10)")
+    return axes[0][0].figure
+
+
+def ablation_bars(table: dict[str, Any], metric: str = "cifar10_test", *,
+                  ax: Axes | None = None) -> Axes:
+    """Bars of mean ± std of one metric for every row of an ablation table JSON."""
+    ax = ax if ax is not None else new_axes((6.0, 3.5))
+    rows = [r for r in table["rows"] if r.get(metric) is not None]
+    labels = [r["label"] for r in rows]
+    means = [r[metric][0] for r in rows]
+    stds = [r[metric][1] for r in rows]
+    ax.barh(range(len(rows)), means, xerr=stds, color="tab:blue", alpha=0.7)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} (%)")
+    ax.set_title(table.get("title", ""), fontsize=9)
+    return ax

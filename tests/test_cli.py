@@ -1,0 +1,116 @@
+"""The command line: the main job's run directory, and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bayesnas_core.run import main
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--preset", "lesson", "--epochs", "1", "--limit", "128", "--channels", "4",
+        "--no-progress"]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # exactly one line, no traceback
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+def test_main_job_subprocess_writes_a_complete_run_directory(tmp_path) -> None:
+    """The real entry point, as a user runs it (scaled down to one short epoch)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bayesnas_core.run", *FAST, "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "selected cell (argmax): |" in proc.stdout
+    assert "cifar10_test" in proc.stdout.replace("CIFAR-10 test", "cifar10_test")
+    assert "missing" in proc.stdout and "--nb201-file" in proc.stdout
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    for name in ("config.json", "env.json", "metrics.jsonl", "history.json", "checkpoint.pt",
+                 "result.json"):
+        assert (run / name).is_file(), name
+    env = json.loads((run / "env.json").read_text())
+    assert env["torch"] and "commit" in env["git"]
+    result = json.loads((run / "result.json").read_text())
+    assert result["method"] == "balenas" and result["mc_samples"] == 3
+    assert result["ground_truth"]["metrics"]["cifar10_test"] > 0
+    assert result["ground_truth"]["metrics"]["cifar100_valid"] is None
+    hist = json.loads((run / "history.json").read_text())
+    assert len(hist["epochs"]) == 1 and len(hist["epochs"][0]["sigma"]) == 6
+
+
+def test_resume_continues_a_run(tmp_path, capsys) -> None:
+    assert main([*FAST, "--epochs", "2", "--out", str(tmp_path)]) == 0
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    first = json.loads((run / "result.json").read_text())
+    # resuming a finished run does no more epochs and reproduces the result
+    assert main(["--resume", str(run), "--no-progress"]) == 0
+    again = json.loads((run / "result.json").read_text())
+    assert again["mu"] == first["mu"] and again["arch"] == first["arch"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--method", "sgd"], "unknown method 'sgd'; use --method darts or balenas"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--mc-samples", "0"], "--mc-samples must be at least 1"),
+    (["--order", "3"], "--order must be 1 or 2"),
+    (["--select", "random"], "unknown selection 'random'"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--epochs", "two"], "invalid int value: 'two'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--dataset", "cifar10", "--data-root", "/nonexistent/cifar"], "--data-root"),
+    (["--nb201-file", "/nonexistent/NAS-Bench-201-v1_1-096897.pth"], "--nb201-file"),
+    (["--resume", "/nonexistent/run"], "no run directory at /nonexistent/run"),
+])
+def test_user_mistakes_get_one_line_and_exit_2(tmp_path, capsys, argv, needle) -> None:
+    code = main([*FAST, "--out", str(tmp_path), *argv])
+    assert code == 2
+    assert needle in _error_line(capsys)
+
+
+def test_malformed_arch_string(capsys) -> None:
+    assert main(["lookup", "|nor_conv_3x3~0|+|nor_conv_3x3~1|"]) == 2
+    assert "not a NAS-Bench-201 arch string" in _error_line(capsys)
+
+
+def test_lookup_prints_every_metric(capsys) -> None:
+    arch = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+    assert main(["lookup", arch]) == 0
+    out = capsys.readouterr().out
+    assert "54.2967" in out and "39.7693" in out and out.count("missing") == 2
+
+
+def test_missing_and_corrupt_checkpoint(tmp_path, capsys) -> None:
+    assert main([*FAST, "--out", str(tmp_path)]) == 0
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    capsys.readouterr()
+    ckpt = run / "checkpoint.pt"
+    ckpt.write_bytes(b"not a checkpoint at all")
+    assert main(["--resume", str(run)]) == 2
+    assert "is corrupt" in _error_line(capsys)
+    ckpt.unlink()
+    assert main(["--resume", str(run)]) == 2
+    assert "no checkpoint in" in _error_line(capsys)
+
+
+def test_non_finite_loss_is_a_one_line_error(tmp_path, capsys) -> None:
+    code = main([*FAST, "--out", str(tmp_path), "--method", "darts", "--w-lr", "1e30"])
+    assert code == 2
+    line = _error_line(capsys)
+    assert "non-finite loss at epoch 1" in line and "lower the learning rates" in line
+
+
+def test_cuda_request_without_cuda(capsys, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([*FAST, "--device", "cuda"]) == 2
+    assert "pass --device cpu" in _error_line(capsys)
