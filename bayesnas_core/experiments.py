@@ -387,7 +387,7 @@ def proxy_study(cfg: RunConfig, counts: dict[str, int], *, results_dir: str | Pa
     batch = next(iter(BatchIterator(data.train, cfg.data.batch_size, shuffle=False).epoch(0)))
     order = torch.randperm(len(bench), generator=torch.Generator().manual_seed(seed)).tolist()
     ledger = _Ledger(results_dir / "proxy-study.ledger.json",
-                     {"counts": counts, "seed": seed, "C": C, "N": N, "data": to_dict(cfg)["data"]})
+                     {"seed": seed, "C": C, "N": N, "data": to_dict(cfg)["data"]})
     for proxy, count in counts.items():
         done: list[list[Any]] = list(ledger.get(proxy) or [])
         todo = order[len(done):count]
