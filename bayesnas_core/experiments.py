@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import Tensor
 
 from .benchmarks import GroundTruth, missing_hint, open_benchmark
 from .config import RunConfig, config_from_dict, to_dict
@@ -431,4 +432,144 @@ def proxy_study(cfg: RunConfig, counts: dict[str, int], *, results_dir: str | Pa
     fig = viz.proxy_study_figure(summary)
     fig.savefig(results_dir / "proxy-study.png", dpi=110, bbox_inches="tight")
     viz.close(fig)
+    return summary
+
+
+# ---------------------------------------------------------------------------------
+# small demonstrations for the lessons
+# ---------------------------------------------------------------------------------
+def bayesian_regression_demo(*, n: int = 200, noise_precision: float = 4.0,
+                             prior_precision: float = 1.0, mc_samples: int = 1,
+                             batch_size: int = 1, epochs: int = 20, lr: float = 2e-2,
+                             lr_final: float = 1e-4, seed: int = 0) -> dict[str, Any]:
+    """Vadam on Bayesian linear regression, where the exact posterior is known.
+
+    Data: ``y = x^T w + e`` with ``w = (1, -0.5)``, ``x_j = c_j * (+-1)``, ``c = (1, 2)``,
+    ``e ~ N(0, 1/noise_precision)``; prior ``w ~ N(0, I / prior_precision)``. Vadam learns
+    ``N(mu, sigma^2)`` from minibatches of ``batch_size`` examples (lr decays
+    geometrically from ``lr`` to ``lr_final``). Returns the exact posterior mean, the
+    exact mean-field std ``1/sqrt(diag(precision))``, and Vadam's mean and std after every
+    epoch. With ``batch_size = 1`` Vadam's std matches the mean-field std; larger batches
+    inflate it by about ``sqrt(batch_size)`` (squared minibatch gradients under-estimate
+    per-example curvature), a property of Vadam worth seeing.
+    """
+    from .optim import Vadam
+
+    dt = torch.float64
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.tensor([1.0, 2.0], dtype=dt)
+    X = (torch.randint(0, 2, (n, 2), generator=g).to(dt) * 2 - 1) * scale
+    y = X @ torch.tensor([1.0, -0.5], dtype=dt) + torch.randn(n, generator=g, dtype=dt) / noise_precision ** 0.5
+    A = noise_precision * X.T @ X + prior_precision * torch.eye(2, dtype=dt)
+    mu_exact = torch.linalg.solve(A, noise_precision * X.T @ y)
+    w = torch.zeros(2, dtype=dt, requires_grad=True)
+    opt = Vadam([w], lr=lr, betas=(0.5, 0.999), prior_precision=prior_precision,
+                prec_init=prior_precision, num_data=n, mc_samples=mc_samples,
+                generator=torch.Generator().manual_seed(seed + 1))
+    steps_per_epoch = max(1, n // batch_size)
+    total = steps_per_epoch * epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (lr_final / lr) ** (t / total))
+    trace = []
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for k in range(steps_per_epoch):
+            idx = perm[k * batch_size:(k + 1) * batch_size]
+            xb, yb = X[idx], y[idx]
+
+            def closure() -> Tensor:
+                loss = 0.5 * noise_precision * ((yb - xb @ w) ** 2).mean()
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            sched.step()
+        trace.append({"epoch": epoch + 1, "mu": w.detach().tolist(),
+                      "sigma": opt.posterior_std(w).tolist()})
+    return {"mu_exact": mu_exact.tolist(), "sigma_mean_field": A.diag().rsqrt().tolist(),
+            "sigma_exact_marginal": torch.linalg.inv(A).diag().sqrt().tolist(),
+            "mu": trace[-1]["mu"], "sigma": trace[-1]["sigma"], "trace": trace,
+            "settings": {"n": n, "noise_precision": noise_precision,
+                         "prior_precision": prior_precision, "mc_samples": mc_samples,
+                         "batch_size": batch_size, "epochs": epochs, "seed": seed}}
+
+
+def mc_gradient_spread(*, mcs: tuple[int, ...] = (1, 2, 3, 4), repeats: int = 8,
+                       sigma: float = 0.5, seed: int = 0, C: int = 8, N: int = 1,
+                       image_size: int = 16, batch_size: int = 64) -> dict[str, Any]:
+    """How the Monte-Carlo gradient of the validation loss tightens with M.
+
+    On a freshly initialised lesson-size supernet and one batch of the shipped subset,
+    estimate ``mean_k grad L(mu + sigma eps_k)`` ``repeats`` times for each M and report
+    the spread (standard deviation across repeats, averaged over the 30 alphas). Theory:
+    the spread falls like ``1 / sqrt(M)``.
+    """
+    from .runs import seed_everything
+    from .search import arch_gradient_batched
+    from .spaces import NB201Supernet
+
+    data = load_search_data("fashion-mnist-subset", image_size=image_size, limit=batch_size)
+    seed_everything(seed)
+    model = NB201Supernet(C, N, data.num_classes, data.in_channels)
+    batch = (data.valid.x, data.valid.y)
+    g = torch.Generator().manual_seed(seed)
+    mu = model.alpha.detach()
+    spread = []
+    for m in mcs:
+        ests = []
+        for _ in range(repeats):
+            eps = torch.randn((m, *mu.shape), generator=g)
+            _, grads, _ = arch_gradient_batched(model, mu + sigma * eps, batch)
+            ests.append(grads.mean(0))
+        spread.append(torch.stack(ests).std(0).mean().item())
+    return {"M": list(mcs), "spread": spread,
+            "one_over_sqrt_M": [spread[0] / m ** 0.5 for m in mcs],
+            "settings": {"repeats": repeats, "sigma": sigma, "seed": seed}}
+
+
+def load_result(name: str) -> Any:
+    """A shipped result JSON, by path relative to ``assets/results`` (e.g.
+    ``"ablation-mc-cpu/ablation-mc.json"``); a missing file raises a one-line error."""
+    import json
+
+    from .paths import assets_dir
+
+    path = assets_dir() / "results" / name
+    if not path.is_file():
+        raise UserError(f"{path} is missing; it is made by the command in the README's results section")
+    return json.loads(path.read_text())
+
+
+def export_runs(run_dirs: list[str | Path], dest: str | Path) -> dict[str, Any]:
+    """Copy finished runs' records (no checkpoints) to ``dest`` and write ``summary.json``.
+
+    Each run keeps config, env (versions, device, command line), metrics, history and
+    result; the summary has one row per run with the method, seed, selected cell, its
+    ground truth, mu, sigma, parameter-free ops, wall time, device and command.
+    """
+    import shlex
+    import shutil
+
+    dest = Path(dest)
+    rows = []
+    for d in run_dirs:
+        run = RunDir(d)
+        result, env = run.read_json("result.json"), run.read_json("env.json")
+        target = dest / run.path.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "env.json", "metrics.jsonl", "history.json", "result.json"):
+            shutil.copyfile(run.path / name, target / name)
+        last = result["final_epoch"] or {}
+        argv = env.get("argv") or []
+        rows.append({
+            "run": run.path.name, "method": result["method"], "order": result["order"],
+            "mc_samples": result["mc_samples"], "seed": result["seed"], "preset": result["preset"],
+            "arch": result["arch"], "parameter_free_ops": Arch.parse(result["arch"]).num_parameter_free,
+            **{k: v for k, v in result["ground_truth"]["metrics"].items()},
+            "hessian_eig": last.get("hessian_eig"), "mu": result["mu"], "sigma": result["sigma"],
+            "wall_time_s": result["wall_time_s"], "device": env.get("device"),
+            "command": "python -m bayesnas_core.run " + " ".join(map(shlex.quote, argv[1:])),
+        })
+    rows.sort(key=lambda r: (r["method"], r["mc_samples"] or 0, r["seed"]))
+    summary = {"runs": rows}
+    atomic_write_json(dest / "summary.json", summary)
     return summary

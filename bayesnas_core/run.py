@@ -6,6 +6,7 @@ Commands:
 - ``lookup ARCH...``: the NAS-Bench-201 ground truth of cells.
 - ``ablation-mc``: the seed's Table 5 (M), with Random and DARTS rows.
 - ``ablation-tf``: the seed's Table 4 (proxy x K).
+- ``export RUN_DIR... --to DIR``: copy finished runs' records into a results folder.
 - ``proxies``: rank correlation of each zero-cost proxy with NB201 accuracy.
 
 Every user mistake ends with one line on stderr that names the fix, and exit status 2.
@@ -222,7 +223,22 @@ def _cmd_proxies(argv: Sequence[str]) -> int:
     return 0 if summary else 1
 
 
+def _cmd_export(argv: Sequence[str]) -> int:
+    from .experiments import export_runs
+
+    p = _Parser(prog="python -m bayesnas_core.run export",
+                description="Copy finished runs (without checkpoints) to a results folder with a summary.")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--to", required=True, help="destination folder, e.g. assets/results/full-scale")
+    args = p.parse_args(argv)
+    summary = export_runs(args.runs, args.to)
+    for r in summary["runs"]:
+        print(f"{r['run']}: {r['method']} seed {r['seed']} -> {r['arch']} ({r['cifar10_test']} %)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "export": _cmd_export,
     "search": _cmd_search,
     "lookup": _cmd_lookup,
     "ablation-mc": _cmd_ablation_mc,
