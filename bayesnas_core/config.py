@@ -73,7 +73,9 @@ class SearchConfig:
     prior_precision: float = 1.0  # lambda
     prec_init: float = 1.0
     num_data: int | None = None  # N for Vadam; None: size of the valid split
+    # the fast path (same function, fewer kernels); both False is the plain eager baseline
     batched_mc: bool = True  # evaluate the M samples in one batched pass (first order)
+    fused_cell: bool = True  # edges leaving a node share one ReLU, convolution and pooling
     unrolled_eps: float = 0.01  # finite-difference radius: eps / ||v||
     curvature_iters: int = 8  # power iterations for the Hessian eigenvalue per epoch (0: off)
 

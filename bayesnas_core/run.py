@@ -59,8 +59,8 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mc-samples", type=int, help="M, Monte-Carlo samples per BaLeNAS step")
     p.add_argument("--a-lr", type=float, help="architecture learning rate")
     p.add_argument("--w-lr", type=float, help="weight learning rate (cosine to w_lr_min)")
-    p.add_argument("--sequential-mc", action="store_true",
-                   help="one pass per Monte-Carlo sample instead of one batched pass")
+    p.add_argument("--plain-path", action="store_true",
+                   help="the plain eager baseline: one pass per Monte-Carlo sample, unfused cells")
     p.add_argument("--select", help=f"{' | '.join(SELECTORS)} (default: argmax)")
     p.add_argument("--select-samples", type=int, help="K, cells drawn for BaLeNAS-TF")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
@@ -89,8 +89,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
                 setattr(obj, attr, getattr(args, arg))
     if getattr(args, "download", False):
         cfg.data.download = True
-    if getattr(args, "sequential_mc", False):
-        cfg.search.batched_mc = False
+    if getattr(args, "plain_path", False):
+        cfg.search.batched_mc = cfg.search.fused_cell = False
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {cfg.device!r} asked for, but CUDA is not available here; "
                         "pass --device cpu")

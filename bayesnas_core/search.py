@@ -266,7 +266,8 @@ class BalenasUpdate:
 def build_supernet(cfg: RunConfig, num_classes: int, in_channels: int) -> NB201Supernet:
     """The supernet of ``cfg.space`` on ``cfg.device`` / ``cfg.dtype``."""
     return NB201Supernet(cfg.space.C, cfg.space.N, num_classes, in_channels,
-                         device=torch.device(cfg.device), dtype=getattr(torch, cfg.dtype))
+                         fused=cfg.search.fused_cell, device=torch.device(cfg.device),
+                         dtype=getattr(torch, cfg.dtype))
 
 
 def build_arch_update(cfg: RunConfig, model: NB201Supernet, num_valid: int,

@@ -132,3 +132,29 @@ def test_parameter_free_count() -> None:
     assert Arch.parse(ALL_SKIP).num_parameter_free == 6
     assert Arch.parse(ALL_CONV3).num_parameter_free == 0
     assert Arch.parse(MIXED).num_parameter_free == 3
+
+
+def test_fused_cell_equals_plain_cell() -> None:
+    """Same parameters, same function: outputs and gradients (weights and alpha) agree
+    to float32 round-off, for one alpha and for batched alphas."""
+    torch.manual_seed(0)
+    plain = NB201Supernet(C=4, N=1, num_classes=5, in_channels=3)
+    fused = NB201Supernet(C=4, N=1, num_classes=5, in_channels=3, fused=True)
+    fused.load_state_dict(plain.state_dict())
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
+    for alpha in (torch.randn(6, 5), torch.randn(3, 6, 5)):
+        grads = []
+        for net in (plain, fused):
+            net.zero_grad()
+            a = alpha.clone().requires_grad_(True)
+            out = net(x, a)
+            F.cross_entropy(out.reshape(-1, 5), y.repeat(out.numel() // (16 * 5))).backward()
+            grads.append([a.grad] + [p.grad.clone() for p in net.weight_parameters()])
+            grads[-1].insert(0, out.detach())
+        for g_plain, g_fused in zip(*grads):
+            torch.testing.assert_close(g_fused, g_plain, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_cell_needs_plain_batchnorm() -> None:
+    with pytest.raises(ValueError, match="fused cell"):
+        NB201Supernet(C=4, N=1, affine=True, fused=True)

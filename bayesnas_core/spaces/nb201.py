@@ -170,11 +170,18 @@ class _MixedOp(nn.Module):
 
 
 class _SearchCell(nn.Module):
-    def __init__(self, C: int, bn: dict, dd: dict) -> None:
+    """A cell of mixed edges; ``fused=True`` evaluates the same function in fewer kernels."""
+
+    def __init__(self, C: int, bn: dict, dd: dict, fused: bool = False) -> None:
         super().__init__()
         self.edges = nn.ModuleList(_MixedOp(C, bn, dd) for _ in EDGES)
+        if fused and (bn["affine"] or bn["track_running_stats"]):
+            raise ValueError("the fused cell needs BN without affine parameters or running stats")
+        self.fused = fused
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+        if self.fused:
+            return self._forward_fused(x, weights)
         nodes = [x]
         e = 0
         for i in range(1, MAX_NODES):
@@ -185,6 +192,36 @@ class _SearchCell(nn.Module):
                 e += 1
             nodes.append(s)
         return nodes[-1]
+
+    def _forward_fused(self, x: Tensor, weights: Tensor) -> Tensor:
+        """All edges leaving one node share its ReLU, one convolution and one pooling.
+
+        The 1x1 and 3x3 convolutions of every edge from node ``j`` run as one 3x3
+        convolution (each 1x1 kernel zero-padded to 3x3, so it gets gradient only at
+        its centre) followed by one BatchNorm over the stacked channels (per-channel
+        statistics, identical to separate BNs). Mixing and summation follow the plain
+        order: skip, conv 1x1, conv 3x3, pool (``none`` adds exactly zero).
+        """
+        C = x.shape[1]
+        acc: list[Tensor | None] = [x, None, None, None]
+        for j in range(MAX_NODES - 1):
+            node = acc[j]
+            out_edges = [e for e, (_, src) in enumerate(EDGES) if src == j]
+            kernels = []
+            for e in out_edges:
+                ops = self.edges[e].ops
+                kernels += [F.pad(ops[2].op[1].weight, (1, 1, 1, 1)), ops[3].op[1].weight]
+            conv = F.conv2d(F.relu(node), torch.cat(kernels), padding=1)
+            conv = F.batch_norm(conv, None, None, training=True, momentum=0.0,
+                                eps=self.edges[out_edges[0]].ops[3].op[2].eps)
+            pooled = self.edges[out_edges[0]].ops[4](node)
+            parts = conv.split(C, dim=1)
+            for n, e in enumerate(out_edges):
+                w = weights[e]
+                t = w[1] * node + w[2] * parts[2 * n] + w[3] * parts[2 * n + 1] + w[4] * pooled
+                i = EDGES[e][0]
+                acc[i] = t if acc[i] is None else acc[i] + t
+        return acc[-1]
 
 
 class _InferCell(nn.Module):
@@ -248,16 +285,19 @@ class NB201Supernet(nn.Module):
 
     Cell ops use BN without affine parameters (as in DARTS); with
     ``track_running_stats=False`` (the default) BN always uses batch statistics.
+    ``fused=True`` computes the same cells with fewer, larger kernels (the fast path);
+    parameters and ``state_dict`` are the same either way.
     """
 
     def __init__(self, C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3, *,
-                 affine: bool = False, track_running_stats: bool = False,
+                 affine: bool = False, track_running_stats: bool = False, fused: bool = False,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         bn = {"affine": affine, "track_running_stats": track_running_stats}
         self.C, self.N, self.num_classes = C, N, num_classes
-        self.net = _Macro(C, N, num_classes, in_channels, lambda c: _SearchCell(c, bn, dd), bn, dd)
+        self.net = _Macro(C, N, num_classes, in_channels, lambda c: _SearchCell(c, bn, dd, fused),
+                          bn, dd)
         self.alpha = nn.Parameter(1e-3 * torch.randn(NUM_EDGES, len(OP_NAMES), **dd))
 
     def weight_parameters(self) -> list[nn.Parameter]:
