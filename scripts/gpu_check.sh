@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One command for a GPU session (issue: fast search engine).
+#
+#   bash scripts/gpu_check.sh OUT_DIR FMNIST_ROOT [EPOCHS] [SEARCH_TIMEOUT_S]
+#
+# 1. the speed benchmark at paper settings (NB201 C=16, N=5, batch 64, 25k/25k),
+#    plain and fast paths side by side in one process -> OUT_DIR/bench/*.json
+# 2. full-scale searches on the full Fashion-MNIST training set (fmnist-paper preset):
+#    DARTS, BaLeNAS M=1, BaLeNAS M=3 (seed 0), each bounded by SEARCH_TIMEOUT_S and
+#    checkpointed every epoch (resume later with --resume RUN_DIR)
+# 3. exports the finished runs (no checkpoints) -> OUT_DIR/full-scale/ + summary.json
+#
+# FMNIST_ROOT holds FashionMNIST/raw/*-ubyte (uncompressed). Needs torch, torchvision,
+# numpy, tqdm and scipy, which the lent GPU machines have; run from the repo root.
+set -uo pipefail
+out=${1:?OUT_DIR}; root=${2:?FMNIST_ROOT}; epochs=${3:-50}; limit=${4:-420}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+mkdir -p "$out/runs"
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
+timeout 240 python3 -m bayesnas_core.bench --device cuda --preset nb201-paper --mc 1 3 \
+    --steps 20 --warmup 5 --out "$out/bench" 2>&1 | tee "$out/bench.log"
+for spec in "darts 1" "balenas 3" "balenas 1"; do
+  set -- $spec
+  /usr/bin/time -f "%e s wall" timeout "$limit" python3 -m bayesnas_core.run --preset fmnist-paper \
+      --data-root "$root" --method "$1" --mc-samples "$2" --epochs "$epochs" --seed 0 \
+      --out "$out/runs" --no-progress 2>&1 | tee "$out/run-$1-m$2.log"
+done
+done_runs=$(ls -d "$out"/runs/*/ 2>/dev/null | while read -r d; do [ -f "$d/result.json" ] && echo "$d"; done)
+[ -n "$done_runs" ] && python3 -m bayesnas_core.run export $done_runs --to "$out/full-scale"
+ls -R "$out" | head -50
