@@ -54,14 +54,14 @@ def alpha_heatmap(alpha: Sequence[Sequence[float]], *, softmax: bool = True, ax:
     """Edges x ops heat map of ``softmax(alpha)`` (or the raw values)."""
     ax = ax if ax is not None else new_axes((5.2, 3.2))
     rows = [_softmax(r) if softmax else list(r) for r in alpha]
-    im = ax.imshow(rows, cmap="viridis", aspect="auto", vmin=0 if softmax else None,
-                   vmax=1 if softmax else None)
+    im = ax.imshow(rows, cmap="viridis", aspect="auto")  # colour range: the data's own
+    lo, hi = min(map(min, rows)), max(map(max, rows))
     ax.set_xticks(range(len(OP_LABELS)), OP_LABELS, rotation=30, ha="right")
     ax.set_yticks(range(len(EDGE_LABELS)), EDGE_LABELS)
     for i, r in enumerate(rows):
         for j, v in enumerate(r):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if (softmax and v < 0.5) else "black")
+                    color="white" if v < (lo + hi) / 2 else "black")
     ax.figure.colorbar(im, ax=ax, label="softmax(α)" if softmax else "α")
     ax.set_title(title or ("softmax(α) per edge" if softmax else "α per edge"))
     return ax
@@ -79,7 +79,7 @@ def alpha_trajectory(history: Sequence[dict[str, Any]], edge: int = 0, *, ax: Ax
             sd = [h["sigma"][edge][k] for h in history]
             ax.fill_between(epochs, [m - band * s for m, s in zip(mu, sd)],
                             [m + band * s for m, s in zip(mu, sd)], color=line.get_color(),
-                            alpha=0.15)
+                            alpha=0.08)
     ax.set_xlabel("epoch")
     ax.set_ylabel("μ (α)")
     ax.set_title(f"edge {EDGE_LABELS[edge]}")
