@@ -28,6 +28,7 @@ Search splits (``load_search_data``):
 from __future__ import annotations
 
 import math
+import hashlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,11 +233,49 @@ def _parent_if_named(root: Path, folder: str) -> Path:
 _Raw = tuple[Any, np.ndarray]
 
 
+_FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _cache_dir() -> Path:
+    """Where unpacked copies of compressed data go (``$BAYESNAS_CACHE``, default
+    ``~/.cache/bayesnas``); the user's data folder is never written to."""
+    import os
+
+    return Path(os.environ.get("BAYESNAS_CACHE", Path.home() / ".cache" / "bayesnas"))
+
+
+def _unpack_fashion_gz(root: Path) -> Path:
+    """Accept the original ``*-ubyte.gz`` files (Zalando's release, Debian's
+    ``dataset-fashion-mnist``) in ``root`` or ``root/FashionMNIST/raw``: unpack them once
+    into the cache and return the root torchvision should read there."""
+    import gzip
+
+    raw = root / "FashionMNIST" / "raw"
+    if all((raw / f).is_file() for f in _FASHION_FILES):
+        return root
+    sources = {}
+    for f in _FASHION_FILES:
+        found = [d / f"{f}.gz" for d in (raw, root) if (d / f"{f}.gz").is_file()]
+        if not found:
+            return root  # nothing to unpack: torchvision reports what is missing
+        sources[f] = found[0]
+    target_root = _cache_dir() / "fashion-mnist" / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    target = target_root / "FashionMNIST" / "raw"
+    from .runs import atomic_write_bytes
+
+    for f, src in sources.items():
+        if not (target / f).is_file():
+            with gzip.open(src, "rb") as fh:
+                atomic_write_bytes(target / f, fh.read())
+    return target_root
+
+
 def _load_fashion(root: Path, download: bool, what: str) -> tuple[_Raw, _Raw]:
     import torchvision
 
-    root = _parent_if_named(root, "FashionMNIST")
-    put = "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (uncompressed)"
+    root = _unpack_fashion_gz(_parent_if_named(root, "FashionMNIST"))
+    put = "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (or the four .gz files)"
     out = []
     for train in (True, False):
         ds = _torchvision(torchvision.datasets.FashionMNIST, root, train, download, what, put)

@@ -10,7 +10,8 @@
 #    checkpointed every epoch (resume later with --resume RUN_DIR)
 # 3. exports the finished runs (no checkpoints) -> OUT_DIR/full-scale/ + summary.json
 #
-# FMNIST_ROOT holds FashionMNIST/raw/*-ubyte (uncompressed). Needs torch, torchvision,
+# FMNIST_ROOT holds FashionMNIST/raw/*-ubyte, or the four original *-ubyte.gz files
+# (unpacked once into ~/.cache/bayesnas). Needs torch, torchvision,
 # numpy, tqdm and scipy, which the lent GPU machines have; run from the repo root.
 set -uo pipefail
 out=${1:?OUT_DIR}; root=${2:?FMNIST_ROOT}; epochs=${3:-50}; limit=${4:-420}

@@ -375,3 +375,33 @@ def test_missing_imagenet16_file_names_it(tmp_path):
         load_search_data("imagenet16-120", tmp_path)
     with pytest.raises(UserError, match="cannot be downloaded"):
         load_search_data("imagenet16-120", tmp_path, download=True)
+
+
+def _write_idx_gz(path: Path, arr: np.ndarray) -> None:
+    """An idx file (magic 0x0803 images / 0x0801 labels, big-endian dims), gzipped."""
+    import gzip
+    import struct
+
+    header = struct.pack(">I", 0x0800 + arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    path.write_bytes(gzip.compress(header + arr.astype(np.uint8).tobytes()))
+
+
+def test_fashion_mnist_from_original_gz_files(tmp_path, monkeypatch):
+    """The release's .gz files are unpacked into the cache; the data folder is untouched."""
+    src = tmp_path / "fmnist-gz"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    train_x = rng.integers(0, 256, (20, 28, 28))
+    test_x = rng.integers(0, 256, (6, 28, 28))
+    _write_idx_gz(src / "train-images-idx3-ubyte.gz", train_x)
+    _write_idx_gz(src / "train-labels-idx1-ubyte.gz", np.arange(20) % 10)
+    _write_idx_gz(src / "t10k-images-idx3-ubyte.gz", test_x)
+    _write_idx_gz(src / "t10k-labels-idx1-ubyte.gz", np.arange(6) % 10)
+    before = sorted(p.name for p in src.iterdir())
+    monkeypatch.setenv("BAYESNAS_CACHE", str(tmp_path / "cache"))
+    data = load_search_data("fashion-mnist", src)
+    assert (len(data.train), len(data.valid), len(data.test)) == (10, 10, 6)
+    assert data.train.y.tolist() == list(range(10)) and data.valid.y.tolist() == list(range(10))
+    assert np.array_equal(_pixels(data.train, "fashion-mnist")[:, 0], train_x[:10])
+    assert sorted(p.name for p in src.iterdir()) == before  # nothing written beside the .gz
+    assert any((tmp_path / "cache").rglob("train-images-idx3-ubyte"))
