@@ -1,7 +1,12 @@
-"""Protocols built from the library: one search, and (in later modules) ablations.
+"""Protocols built from the library.
 
-:func:`run_search` is what ``python -m bayesnas_core.run`` does: load the data and the
-ground truth, search, select, look the result up, and write the run directory.
+- :func:`run_search`: what ``python -m bayesnas_core.run`` does: load the data and the
+  ground truth, search, select, look the result up, and write the run directory.
+- :func:`ablation_mc`, :func:`ablation_tf`: the seed's Tables 5 and 4.
+- :func:`proxy_study`: rank correlation of zero-cost proxies with NB201 accuracy.
+- :func:`export_runs`: copy finished runs' records into a results folder.
+- small demonstrations for the lessons (:func:`bayesian_regression_demo`,
+  :func:`mc_gradient_spread`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,16 @@ __all__ = [
     "random_baseline",
     "ablation_mc",
     "ablation_tf",
+    "rank_correlations",
+    "proxy_study",
+    "export_runs",
+    "load_result",
+    "bayesian_regression_demo",
+    "mc_gradient_spread",
 ]
+
+#: Offset of the seed of the generator that draws BaLeNAS-TF samples.
+TF_SEED_OFFSET = 104729
 
 
 def load_data(cfg: RunConfig) -> SearchData:
@@ -41,6 +55,11 @@ def load_data(cfg: RunConfig) -> SearchData:
     d = cfg.data
     return load_search_data(d.dataset, d.root, image_size=d.image_size, limit=d.limit,
                             download=d.download, seed=cfg.seed, device=cfg.device)
+
+
+def proxy_batch(data: SearchData, batch_size: int) -> tuple[Tensor, Tensor]:
+    """The labelled batch SNIP and GraSP use: the first training batch, unshuffled."""
+    return next(iter(BatchIterator(data.train, batch_size, shuffle=False).epoch(0)))
 
 
 def ground_truth_record(gt: GroundTruth) -> dict[str, Any]:
@@ -61,8 +80,8 @@ def select_from_result(cfg: RunConfig, result: SearchResult, data: SearchData,
         return out
     from tqdm.auto import tqdm
 
-    gen = torch.Generator().manual_seed(cfg.seed + 104729)
-    batch = next(iter(BatchIterator(data.train, cfg.data.batch_size, shuffle=False).epoch(0)))
+    gen = torch.Generator().manual_seed(cfg.seed + TF_SEED_OFFSET)
+    batch = proxy_batch(data, cfg.data.batch_size)
     tf = select_tf(result.mu, result.sigma, proxy=sel.method, samples=sel.samples,
                    num_classes=data.num_classes, in_channels=data.in_channels,
                    image_size=data.image_size, batch=batch, C=sel.C, N=sel.N, generator=gen,
@@ -318,8 +337,9 @@ def ablation_tf(cfg: RunConfig, proxies: list[str], samples: list[int], seeds: l
         data = load_data(run_cfg)
         record = run_search(run_cfg, progress=progress, log=log, bench=bench, data=data)
         mu, sigma = torch.tensor(record["mu"]), torch.tensor(record["sigma"])
-        draws = sample_archs(mu, sigma, max(samples), torch.Generator().manual_seed(seed + 104729))
-        batch = next(iter(BatchIterator(data.train, cfg.data.batch_size, shuffle=False).epoch(0)))
+        draws = sample_archs(mu, sigma, max(samples),
+                             torch.Generator().manual_seed(seed + TF_SEED_OFFSET))
+        batch = proxy_batch(data, cfg.data.batch_size)
         entry: dict[str, Any] = {"argmax": _summary_of(record), "tf": {}}
         pool = unique_networks(draws)
         for proxy in proxies:
@@ -385,7 +405,7 @@ def proxy_study(cfg: RunConfig, counts: dict[str, int], *, results_dir: str | Pa
     results_dir = Path(results_dir)
     bench = bench if bench is not None else open_benchmark(cfg.nb201_file)
     data = load_data(cfg)
-    batch = next(iter(BatchIterator(data.train, cfg.data.batch_size, shuffle=False).epoch(0)))
+    batch = proxy_batch(data, cfg.data.batch_size)
     order = torch.randperm(len(bench), generator=torch.Generator().manual_seed(seed)).tolist()
     ledger = _Ledger(results_dir / "proxy-study.ledger.json",
                      {"seed": seed, "C": C, "N": N, "data": to_dict(cfg)["data"]})
