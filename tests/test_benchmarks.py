@@ -324,3 +324,16 @@ def test_format_ground_truth_never_invents_numbers() -> None:
     assert len(lines) == len(METRICS)
     for i, line in enumerate(lines):
         assert line.endswith("missing" if i % 2 else f"{10.0 * i + 0.5:.4f} %")
+
+
+def test_cli_lookup_with_official_file(official_dict: dict, tmp_path: Path, capsys) -> None:
+    """`--nb201-file` on the command line: all six metrics come from the official file."""
+    from bayesnas_core.run import main
+
+    path = tmp_path / "NAS-Bench-201-v1_1-096897.pth"
+    torch.save(official_dict, path)
+    assert main(["lookup", ALL_SKIP, "--nb201-file", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "missing" not in out and "hp=200, seed mean" in out
+    for value in EXPECTED[1835].values():
+        assert f"{value:.4f}" in out
