@@ -91,7 +91,8 @@ def select_from_result(cfg: RunConfig, result: SearchResult, data: SearchData,
     out["arch"] = str(tf.best)
     out["ground_truth"] = ground_truth_record(bench.query(str(tf.best)))
     out["samples"] = sel.samples
-    out["candidates"] = [
+    out["draws"] = [str(a) for a in tf.draws]  # the K sampled cells, duplicates included
+    out["candidates"] = [  # one per distinct network, with its proxy score
         {"arch": str(c.arch), "score": c.score, "log10": c.log10,
          "ground_truth": dict(bench.query(str(c.arch)).metrics)}
         for c in tf.candidates

@@ -77,6 +77,7 @@ class TFSelection:
     samples: int  # K drawn
     best: Arch
     candidates: list[Candidate]  # distinct networks, in draw order
+    draws: list[Arch] = field(default_factory=list)  # all K draws, duplicates included
 
 
 def score_archs(archs: list[Arch], *, proxy: str, num_classes: int, in_channels: int,
@@ -107,7 +108,7 @@ def select_tf(mu: Tensor, sigma: Tensor | None, *, proxy: str, samples: int,
 
     ``score_kw`` goes to :func:`score_archs` (sizes, batch, device, init seed).
     """
-    archs = unique_networks(sample_archs(mu, sigma, samples, generator))
-    candidates = score_archs(archs, proxy=proxy, **score_kw)
+    draws = sample_archs(mu, sigma, samples, generator)
+    candidates = score_archs(unique_networks(draws), proxy=proxy, **score_kw)
     best = max(candidates, key=lambda c: c.score).arch
-    return TFSelection(proxy=proxy, samples=samples, best=best, candidates=candidates)
+    return TFSelection(proxy=proxy, samples=samples, best=best, candidates=candidates, draws=draws)

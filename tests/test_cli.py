@@ -47,6 +47,17 @@ def test_main_job_subprocess_writes_a_complete_run_directory(tmp_path) -> None:
     assert len(hist["epochs"]) == 1 and len(hist["epochs"][0]["sigma"]) == 6
 
 
+def test_tf_selection_from_the_command_line(tmp_path) -> None:
+    assert main([*FAST, "--out", str(tmp_path), "--select", "snip", "--select-samples", "6"]) == 0
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    sel = json.loads((run / "result.json").read_text())["selection"]
+    assert sel["method"] == "snip" and len(sel["draws"]) == 6
+    assert sel["argmax"]["arch"].startswith("|") and sel["ground_truth"]["metrics"]["cifar10_test"]
+    best = max(sel["candidates"], key=lambda c: c["score"])
+    assert best["arch"] == sel["arch"]
+    assert all(c["ground_truth"]["cifar10_test"] is not None for c in sel["candidates"])
+
+
 def test_resume_continues_a_run(tmp_path, capsys) -> None:
     assert main([*FAST, "--epochs", "2", "--out", str(tmp_path)]) == 0
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]

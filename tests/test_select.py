@@ -60,7 +60,8 @@ def test_select_tf_picks_the_best_scoring_candidate() -> None:
     y = torch.randint(0, 3, (8,))
     kw = dict(num_classes=3, in_channels=1, image_size=8, batch=(x, y), C=4, N=1)
     sel = select_tf(mu, sigma, proxy="synflow", samples=20, generator=torch.Generator().manual_seed(0), **kw)
-    assert 1 < len(sel.candidates) <= 20
+    assert 1 < len(sel.candidates) <= 20 and len(sel.draws) == 20
+    assert {c.arch.canonical for c in sel.candidates} == {a.canonical for a in sel.draws}
     assert len({c.arch.canonical for c in sel.candidates}) == len(sel.candidates)
     best = max(sel.candidates, key=lambda c: c.score)
     assert sel.best == best.arch
