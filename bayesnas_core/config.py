@@ -24,6 +24,7 @@ __all__ = [
     "config_from_dict",
     "METHODS",
     "SELECTORS",
+    "check_device",
 ]
 
 METHODS = ("darts", "balenas")
@@ -128,7 +129,35 @@ class RunConfig:
             raise UserError(f"unknown search space {self.space.name!r}; use nb201")
         if self.dtype not in ("float32", "float64"):
             raise UserError(f"--dtype must be float32 or float64, got {self.dtype!r}")
+        for name, value in (("--a-lr", s.a_lr), ("--w-lr", s.w_lr)):
+            if not value > 0:
+                raise UserError(f"{name} must be positive, got {value}")
+        if s.w_lr_min < 0 or s.prior_precision <= 0 or s.prec_init < s.prior_precision:
+            raise UserError("need w_lr_min >= 0, prior_precision > 0 and prec_init >= prior_precision "
+                            f"(got {s.w_lr_min}, {s.prior_precision}, {s.prec_init})")
+        for name, value in (("--channels", self.space.C), ("--cells", self.space.N),
+                            ("select C", self.select.C), ("select N", self.select.N)):
+            if value < 1:
+                raise UserError(f"{name} must be at least 1, got {value}")
+        size = self.data.image_size
+        if size is not None and (size < 4 or size % 4):
+            raise UserError(f"--image-size must be a multiple of 4 (two stride-2 stages), got {size}")
+        check_device(self.device)
         return self
+
+
+def check_device(device: str) -> None:
+    """Raise a one-line :class:`UserError` for a device string this machine cannot use."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but CUDA is not available here; pass --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
 
 
 def _default() -> RunConfig:

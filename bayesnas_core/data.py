@@ -28,6 +28,7 @@ Search splits (``load_search_data``):
 from __future__ import annotations
 
 import math
+import dataclasses
 import hashlib
 import pickle
 from dataclasses import dataclass
@@ -109,6 +110,12 @@ class SearchData:
     in_channels: int
     image_size: int
     split_note: str  # one line describing the split used
+
+    def to(self, dtype: torch.dtype) -> "SearchData":
+        """The same data with images cast to ``dtype`` (labels unchanged)."""
+        cast = lambda t: None if t is None else TensorSplit(t.x.to(dtype), t.y)  # noqa: E731
+        return dataclasses.replace(self, train=cast(self.train), valid=cast(self.valid),
+                                   test=cast(self.test))
 
 
 # --------------------------------------------------------------------------- readers
@@ -527,9 +534,21 @@ class BatchIterator:
 
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield the ``(x, y)`` batches of ``epoch``."""
+        return self._pass(self.seed * 100003 + epoch)
+
+    def cycle(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches without end: first exactly ``epoch(epoch)``, then further passes in
+        new orders (pass ``k`` seeded with ``seed * 100003 + epoch + k * 1_000_000_007``),
+        for a split that is shorter than the one it is paired with."""
+        k = 0
+        while True:
+            yield from self._pass(self.seed * 100003 + epoch + k * 1_000_000_007)
+            k += 1
+
+    def _pass(self, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         device = self.split.x.device
         gen = torch.Generator(device=device)
-        gen.manual_seed(self.seed * 100003 + epoch)
+        gen.manual_seed(seed)
         n = len(self.split)
         order = torch.randperm(n, generator=gen, device=device) if self.shuffle else torch.arange(n, device=device)
         for i in range(len(self)):

@@ -109,15 +109,19 @@ def _run_name(cfg: RunConfig) -> str:
 
 def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
                progress: bool = True, log: Callable[[str], None] = print,
-               bench: Any = None, data: SearchData | None = None) -> dict[str, Any]:
+               bench: Any = None, data: SearchData | None = None,
+               device: str | None = None) -> dict[str, Any]:
     """Search, select and look up; write and return the result record.
 
-    ``resume`` is a run directory: its stored config is used and the search continues
-    from its last checkpoint.
+    ``resume`` is a run directory: its stored config is used (``device`` may move it to
+    another device) and the search continues from its last checkpoint.
     """
     if resume is not None:
         run = RunDir.open(resume)
-        cfg = config_from_dict(run.read_json("config.json")).validate()
+        cfg = config_from_dict(run.read_json("config.json"))
+        if device is not None:
+            cfg.device = device
+        cfg.validate()
         run.load_checkpoint()  # fail early, with one line, on a missing or corrupt file
         log(f"resuming {run.path}")
     else:

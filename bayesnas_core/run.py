@@ -19,8 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
-
 from .config import METHODS, PRESETS, SELECTORS, RunConfig, get_preset
 from .errors import UserError
 
@@ -91,9 +89,6 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         cfg.data.download = True
     if getattr(args, "plain_path", False):
         cfg.search.batched_mc = cfg.search.fused_cell = False
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {cfg.device!r} asked for, but CUDA is not available here; "
-                        "pass --device cpu")
     return cfg.validate()
 
 
@@ -123,7 +118,13 @@ def _cmd_search(argv: Sequence[str]) -> int:
     _add_search(p)
     args = p.parse_args(argv)
     if args.resume:
-        result = run_search(resume=args.resume, progress=not args.no_progress)
+        keep = {"resume", "no_progress", "device", "preset", "download", "plain_path"}
+        given = [k for k, v in vars(args).items()
+                 if k not in keep and v is not None] + (["preset"] if args.preset != "default" else [])
+        if given or args.download or args.plain_path:
+            raise UserError("--resume continues with the run's stored settings; drop the other "
+                            "options (only --device and --no-progress may change)")
+        result = run_search(resume=args.resume, progress=not args.no_progress, device=args.device)
     else:
         result = run_search(build_config(args), progress=not args.no_progress)
     _print_result(result)

@@ -339,6 +339,9 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
     cfg.validate()
     s = cfg.search
     device = torch.device(cfg.device)
+    dtype = getattr(torch, cfg.dtype)
+    if data.train.x.dtype != dtype:
+        data = data.to(dtype)
     seed_everything(cfg.seed)
     model = build_supernet(cfg, data.num_classes, data.in_channels)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
@@ -379,7 +382,9 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
     for epoch in epochs:
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
-        steps = tqdm(zip(train_it.epoch(epoch), valid_it.epoch(epoch)), total=len(train_it),
+        # an epoch is one pass over the train split; a shorter valid split (CIFAR-100,
+        # ImageNet16-120) is cycled, a split of the same length is used exactly once
+        steps = tqdm(zip(train_it.epoch(epoch), valid_it.cycle(epoch)), total=len(train_it),
                      desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
         n = 0
         for step, (tb, vb) in enumerate(steps):
@@ -393,11 +398,12 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
+        w_lr = w_opt.param_groups[0]["lr"]  # the rate this epoch trained with
         sched.step()
         genotype = model.genotype()
         sigma = arch.sigma(model)
         record: dict[str, Any] = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()},
-                                  "w_lr": sched.get_last_lr()[0], "arch": str(genotype),
+                                  "w_lr": w_lr, "arch": str(genotype),
                                   "parameter_free_ops": genotype.num_parameter_free}
         if s.curvature_iters > 0:
             curv_gen = _make_generator(device, cfg.seed + 31 * (epoch + 1))

@@ -37,13 +37,16 @@ def sample_archs(mu: Tensor, sigma: Tensor | None, k: int,
                  generator: torch.Generator | None = None) -> list[Arch]:
     """K cells: ``argmax(mu + sigma * eps)`` per edge, ``eps ~ N(0, I)`` (seeded).
 
-    Without ``sigma`` (a DARTS point estimate) every sample is the argmax cell.
+    Noise is drawn in float64 on the generator's device (CPU when ``generator`` is
+    None). Without ``sigma`` (a DARTS point estimate) every sample is the argmax cell.
     """
     mu = mu.detach().cpu().double()
     if sigma is None:
         return [argmax_arch(mu)] * k
     sigma = sigma.detach().cpu().double()
-    eps = torch.randn((k, *mu.shape), generator=generator, dtype=torch.float64)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    eps = torch.randn((k, *mu.shape), generator=generator, dtype=torch.float64,
+                      device=gen_device).cpu()
     draws = (mu + sigma * eps).argmax(dim=-1)
     return [Arch.from_indices(row.tolist()) for row in draws]
 
@@ -86,16 +89,18 @@ def score_archs(archs: list[Arch], *, proxy: str, num_classes: int, in_channels:
                 progress: Callable[[list[Arch]], Any] | None = None) -> list[Candidate]:
     """Score each cell's stand-alone network at initialisation with ``proxy``.
 
-    Every network is initialised from ``torch.manual_seed(init_seed)`` (the global RNG
-    state is restored afterwards), so a cell's score does not depend on the order it
-    is scored in. ``batch`` is the labelled batch SNIP and GraSP need; SynFlow uses none.
+    Every network is initialised on the CPU from the CPU generator seeded with
+    ``init_seed`` (the global RNG state is restored afterwards, CUDA's is never touched)
+    and then moved to ``device``, so a cell's score depends neither on the order it is
+    scored in nor on the device. ``batch`` is the labelled batch SNIP and GraSP need;
+    SynFlow uses none.
     """
     inputs, targets = (None, None) if batch is None else (batch[0].to(device), batch[1].to(device))
     out: list[Candidate] = []
     for arch in (progress(archs) if progress is not None else archs):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
-            net = NB201Network(arch, C, N, num_classes, in_channels, device=device)
+            torch.random.default_generator.manual_seed(init_seed)
+            net = NB201Network(arch, C, N, num_classes, in_channels).to(device)
         score = compute_proxy(proxy, net, inputs=inputs, targets=targets,
                               input_shape=(in_channels, image_size, image_size))
         out.append(Candidate(arch, score.value, score.log10))

@@ -79,12 +79,47 @@ def test_resume_continues_a_run(tmp_path, capsys) -> None:
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--dataset", "cifar10", "--data-root", "/nonexistent/cifar"], "--data-root"),
     (["--nb201-file", "/nonexistent/NAS-Bench-201-v1_1-096897.pth"], "--nb201-file"),
-    (["--resume", "/nonexistent/run"], "no run directory at /nonexistent/run"),
+    (["--a-lr", "0"], "--a-lr must be positive"),
+    (["--w-lr", "-1"], "--w-lr must be positive"),
+    (["--channels", "0"], "--channels must be at least 1"),
+    (["--cells", "0"], "--cells must be at least 1"),
+    (["--image-size", "15"], "--image-size must be a multiple of 4"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_user_mistakes_get_one_line_and_exit_2(tmp_path, capsys, argv, needle) -> None:
     code = main([*FAST, "--out", str(tmp_path), *argv])
     assert code == 2
     assert needle in _error_line(capsys)
+
+
+def test_mistakes_leave_no_run_directory(tmp_path, capsys) -> None:
+    assert main([*FAST, "--out", str(tmp_path), "--channels", "0"]) == 2
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_resume_keeps_stored_settings(tmp_path, capsys, monkeypatch) -> None:
+    assert main([*FAST, "--out", str(tmp_path)]) == 0
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    capsys.readouterr()
+    assert main(["--resume", "/nonexistent/run"]) == 2
+    assert "no run directory at /nonexistent/run" in _error_line(capsys)
+    assert main(["--resume", str(run), "--epochs", "9"]) == 2
+    assert "drop the other options" in _error_line(capsys)
+    assert main(["--resume", str(run), "--device", "cpu", "--no-progress"]) == 0
+    capsys.readouterr()
+    # a run made on a GPU, resumed where there is none: one line, not a traceback
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["device"] = "cuda"
+    (run / "config.json").write_text(json.dumps(cfg))
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["--resume", str(run)]) == 2
+    assert "pass --device cpu" in _error_line(capsys)
+
+
+def test_float64_search(tmp_path) -> None:
+    assert main([*FAST, "--out", str(tmp_path), "--dtype", "float64", "--method", "darts"]) == 0
 
 
 def test_malformed_arch_string(capsys) -> None:

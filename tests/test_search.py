@@ -199,3 +199,46 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path) -> None:
     state = run.load_checkpoint()
     assert state["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_shorter_valid_split_is_cycled_and_lr_is_the_epochs_own(tmp_path) -> None:
+    """An epoch is one pass over the train split even when valid is shorter (CIFAR-100,
+    ImageNet16-120); the recorded w_lr is the rate the epoch trained with."""
+    from dataclasses import replace
+
+    from bayesnas_core.data import TensorSplit
+
+    data = make_tiny_data(n=64)
+    data = replace(data, valid=TensorSplit(data.valid.x[:16], data.valid.y[:16]))
+    cfg = make_tiny_config(tmp_path, method="darts")
+    cfg.search.epochs = 1
+    steps = []
+    import sys
+
+    S = sys.modules["bayesnas_core.search"]  # the module (the package exports a function of that name)
+    original = S.search_step
+
+    def counting(*a, **k):
+        steps.append(1)
+        return original(*a, **k)
+
+    S.search_step = counting
+    try:
+        res = search(cfg, data, progress=False)
+    finally:
+        S.search_step = original
+    assert len(steps) == 64 // 16  # 4 train batches, valid (1 batch) cycled
+    assert res.metrics[0]["w_lr"] == cfg.search.w_lr
+
+
+def test_cycle_starts_with_the_epoch_and_goes_on() -> None:
+    from bayesnas_core.data import BatchIterator
+
+    data = make_tiny_data(n=32)
+    it = BatchIterator(data.valid, 8, seed=3)
+    first = [y for _, y in it.epoch(5)]
+    cyc = it.cycle(5)
+    got = [next(cyc)[1] for _ in range(8)]
+    assert all(torch.equal(a, b) for a, b in zip(first, got[:4]))
+    assert not all(torch.equal(a, b) for a, b in zip(first, got[4:]))  # a new order
+    assert sorted(torch.cat(got[4:]).tolist()) == sorted(torch.cat(first).tolist())

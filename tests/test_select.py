@@ -71,3 +71,11 @@ def test_select_tf_picks_the_best_scoring_candidate() -> None:
     # reproducible
     again = select_tf(mu, sigma, proxy="synflow", samples=20, generator=torch.Generator().manual_seed(0), **kw)
     assert again.best == sel.best
+
+
+def test_scoring_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    score_archs([argmax_arch(torch.randn(6, 5, generator=torch.Generator().manual_seed(0)))],
+                proxy="synflow", num_classes=3, in_channels=1, image_size=8, C=4, N=1)
+    assert torch.equal(torch.get_rng_state(), before)

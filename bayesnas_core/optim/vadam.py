@@ -60,6 +60,16 @@ def _check_hparams(group: dict[str, Any]) -> None:
             raise ValueError(f"Vadam: {name} must be an integer >= 1, got {value!r}")
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Equal devices, treating a missing CUDA index as the current device."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+
+
 class Vadam(torch.optim.Optimizer):
     """Variational Adam: natural-gradient VI for a diagonal Gaussian posterior.
 
@@ -142,7 +152,7 @@ class Vadam(torch.optim.Optimizer):
     # ------------------------------------------------------------------ sampling
     def _randn(self, shape: tuple[int, ...], p: Tensor) -> Tensor:
         gen = self.generator
-        if gen is not None and gen.device.type != p.device.type:
+        if gen is not None and not _same_device(gen.device, p.device):
             eps = torch.randn(shape, generator=gen, device=gen.device, dtype=p.dtype)
             return eps.to(p.device)
         return torch.randn(shape, generator=gen, device=p.device, dtype=p.dtype)
