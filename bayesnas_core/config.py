@@ -8,7 +8,7 @@ directory and checkpoint, and :func:`config_from_dict` reads it back.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Callable
 
 from .errors import UserError
@@ -245,13 +245,3 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     assert is_dataclass(cfg)
     return asdict(cfg)
 
-
-def with_overrides(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
-    """Return a copy with fields replaced per section, e.g. ``search={"epochs": 2}``."""
-    cfg = copy.deepcopy(cfg)
-    for section, values in sections.items():
-        if section in {"seed", "device", "dtype", "preset", "nb201_file", "out"}:
-            cfg = replace(cfg, **{section: values})
-            continue
-        setattr(cfg, section, replace(getattr(cfg, section), **values))
-    return cfg

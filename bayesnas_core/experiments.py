@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -183,8 +184,6 @@ class _Ledger:
         self.path = path
         self.data: dict[str, Any] = {"meta": meta, "done": {}}
         if path.is_file():
-            import json
-
             try:
                 stored = json.loads(path.read_text())
             except ValueError:
@@ -554,8 +553,6 @@ def mc_gradient_spread(*, mcs: tuple[int, ...] = (1, 2, 3, 4), repeats: int = 8,
 def load_result(name: str) -> Any:
     """A shipped result JSON, by path relative to ``assets/results`` (e.g.
     ``"ablation-mc-cpu/ablation-mc.json"``); a missing file raises a one-line error."""
-    import json
-
     from .paths import assets_dir
 
     path = assets_dir() / "results" / name

@@ -15,11 +15,12 @@ with progress bars, per-epoch records, atomic checkpoints and resume.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,19 @@ def _add_(params: Sequence[Tensor], vecs: Sequence[Tensor], scale: float) -> Non
         p.add_(v, alpha=scale)
 
 
+@contextlib.contextmanager
+def _weights_restored(params: Sequence[Tensor]) -> Iterator[None]:
+    """Let the body move ``params``; copy their saved values back afterwards (exactly,
+    not by re-adding), also when the body raises."""
+    saved = [p.detach().clone() for p in params]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+
+
 def hessian_vector_fd(model: NB201Supernet, alpha: Tensor, batch: Batch, v: Sequence[Tensor],
                       eps: float = 0.01) -> Tensor:
     """``d/dalpha (grad_w L_train . v)`` by central differences, as DARTS computes it.
@@ -83,16 +97,11 @@ def hessian_vector_fd(model: NB201Supernet, alpha: Tensor, batch: Batch, v: Sequ
     """
     weights = model.weight_parameters()
     R = eps / torch.cat([x.reshape(-1) for x in v]).norm().clamp_min(1e-12).item()
-    saved = [w.detach().clone() for w in weights]
-    try:
+    with _weights_restored(weights):
         _add_(weights, v, R)
         g_plus = _train_loss_alpha_grad(model, alpha, batch)
         _add_(weights, v, -2 * R)
         g_minus = _train_loss_alpha_grad(model, alpha, batch)
-    finally:
-        with torch.no_grad():
-            for w, s in zip(weights, saved):
-                w.copy_(s)
     return (g_plus - g_minus) / (2 * R)
 
 
@@ -126,19 +135,14 @@ def arch_gradient(model: NB201Supernet, alpha: Tensor, val_batch: Batch,
     if order != 2 or train_batch is None:
         raise ValueError("order 2 needs a train batch")
     weights = model.weight_parameters()
-    saved = [w.detach().clone() for w in weights]
     a = alpha.detach().requires_grad_(True)
-    try:
+    with _weights_restored(weights):
         train_loss = F.cross_entropy(model(train_batch[0], a.detach()), train_batch[1])
         gw = torch.autograd.grad(train_loss, weights)
         _add_(weights, gw, -xi)  # w' = w - xi grad_w L_train
         loss, acc = _loss_acc(model(x, a), y)
         grads = torch.autograd.grad(loss, [a, *weights])
         dalpha, v = grads[0], grads[1:]
-    finally:
-        with torch.no_grad():
-            for w, s in zip(weights, saved):
-                w.copy_(s)
     hv = hessian_vector_fd(model, alpha, train_batch, v, eps)
     return loss.item(), dalpha - xi * hv, acc
 
@@ -315,7 +319,6 @@ class SearchResult:
     history: list[dict[str, Any]]
     wall_time_s: float
     run_dir: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _make_generator(device: torch.device, seed: int) -> torch.Generator:

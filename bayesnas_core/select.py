@@ -69,7 +69,6 @@ class Candidate:
     arch: Arch
     score: float
     log10: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

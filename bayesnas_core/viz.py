@@ -13,11 +13,13 @@ from typing import Any, Sequence
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .spaces import EDGES, OP_NAMES
+from .spaces import EDGES
 
 __all__ = [
     "new_axes",
     "close",
+    "softmax_row",
+    "gaussian_pdf",
     "alpha_heatmap",
     "alpha_trajectory",
     "posterior_densities",
@@ -42,18 +44,24 @@ def close(fig: Figure) -> None:
     fig.clear()
 
 
-def _softmax(row: Sequence[float]) -> list[float]:
+def softmax_row(row: Sequence[float]) -> list[float]:
+    """softmax of one row of alpha (plain floats)."""
     m = max(row)
     e = [math.exp(v - m) for v in row]
     s = sum(e)
     return [v / s for v in e]
 
 
+def gaussian_pdf(x: float, mu: float, sigma: float) -> float:
+    """Density of N(mu, sigma^2) at x."""
+    return math.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+
+
 def alpha_heatmap(alpha: Sequence[Sequence[float]], *, softmax: bool = True, ax: Axes | None = None,
                   title: str = "") -> Axes:
     """Edges x ops heat map of ``softmax(alpha)`` (or the raw values)."""
     ax = ax if ax is not None else new_axes((5.2, 3.2))
-    rows = [_softmax(r) if softmax else list(r) for r in alpha]
+    rows = [softmax_row(r) if softmax else list(r) for r in alpha]
     im = ax.imshow(rows, cmap="viridis", aspect="auto")  # colour range: the data's own
     lo, hi = min(map(min, rows)), max(map(max, rows))
     ax.set_xticks(range(len(OP_LABELS)), OP_LABELS, rotation=30, ha="right")
@@ -95,7 +103,7 @@ def posterior_densities(mu: Sequence[float], sigma: Sequence[float], *, ax: Axes
     hi = max(m + 4 * s for m, s in zip(mu, sigma))
     xs = [lo + (hi - lo) * i / 400 for i in range(401)]
     for m, s, label in zip(mu, sigma, OP_LABELS):
-        ys = [math.exp(-0.5 * ((x - m) / s) ** 2) / (s * math.sqrt(2 * math.pi)) for x in xs]
+        ys = [gaussian_pdf(x, m, s) for x in xs]
         ax.plot(xs, ys, label=label)
     ax.set_xlabel("α")
     ax.set_ylabel("density")

@@ -8,7 +8,6 @@ only in a notebook. Heavy callbacks (searches) run on a button press.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -38,9 +37,7 @@ def compute_edge_mixture(none: float = 0.0, skip_connect: float = 0.0, nor_conv_
                          nor_conv_3x3: float = 0.0, avg_pool_3x3: float = 0.0) -> dict[str, Any]:
     """softmax of one edge's alpha, and the op DARTS would keep (the argmax)."""
     alpha = [none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]
-    m = max(alpha)
-    e = [math.exp(a - m) for a in alpha]
-    weights = [v / sum(e) for v in e]
+    weights = viz.softmax_row(alpha)
     return {"alpha": alpha, "weights": weights, "argmax": OP_NAMES[weights.index(max(weights))]}
 
 
@@ -75,9 +72,8 @@ def show_regression_posterior(batch_size: int = 1, mc_samples: int = 1,
     for j, ax in enumerate(axes):
         m, s = r["mu_exact"][j], r["sigma_mean_field"][j]
         xs = [m - 6 * s + 12 * s * i / 300 for i in range(301)]
-        pdf = lambda x, mu, sd: math.exp(-0.5 * ((x - mu) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
-        ax.plot(xs, [pdf(x, m, s) for x in xs], "k-", label="exact (mean field)")
-        ax.plot(xs, [pdf(x, r["mu"][j], r["sigma"][j]) for x in xs], "r--", label="Vadam")
+        ax.plot(xs, [viz.gaussian_pdf(x, m, s) for x in xs], "k-", label="exact (mean field)")
+        ax.plot(xs, [viz.gaussian_pdf(x, r["mu"][j], r["sigma"][j]) for x in xs], "r--", label="Vadam")
         ax.set_title(f"w{j + 1}: σ Vadam / exact = {r['sigma'][j] / s:.2f}")
         ax.legend(fontsize=7)
     axes[0].figure.suptitle(f"batch {batch_size}, M = {mc_samples}, prior precision {prior_precision}")

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from bayesnas_core.errors import UserError
 from bayesnas_core.experiments import mean_std, rank_correlations, table_markdown
 from bayesnas_core.run import main
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from bayesnas_core.errors import NonFiniteLossError, UserError
-from bayesnas_core.optim import Vadam
 from bayesnas_core.runs import RunDir
 from bayesnas_core.search import (
     arch_gradient,

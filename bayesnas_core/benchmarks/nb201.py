@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Union
 
 from ..errors import UserError
 from ..paths import assets_dir
-from ..spaces.nb201 import OP_NAMES, Arch
+from ..spaces.nb201 import Arch
 
 __all__ = [
     "METRICS",
