@@ -1,13 +1,17 @@
 """Search-speed benchmark: ``python -m bayesnas_core.bench``.
 
-Times one search step (an SGD weight step plus one architecture step) of the plain
-path (unfused cells, one forward/backward per Monte-Carlo sample) and the fast path
-(fused cells, all M samples in one batched pass) side by side, in one process, on the same batches, for DARTS and
-for BaLeNAS with each M. Reports ms per step, seconds per epoch and the projected
-minutes for 50 epochs, with the device and versions, and writes JSON to
-``assets/bench/``.
+Times search steps (an SGD weight step plus one architecture step, with the batches
+drawn and augmented as in a search) on three paths, side by side, in one process:
 
-On the CPU it runs at lesson scale (``--preset default``); on CUDA use
+- ``plain``: unfused cells, one forward/backward per Monte-Carlo sample,
+  ``torch.optim`` and Python floats (:func:`~bayesnas_core.search.search_step`);
+- ``fast``: :class:`~bayesnas_core.engine.StepEngine` run eagerly (folded cells, the M
+  samples in one batched pass, statistics kept on the device);
+- ``graph``: the same engine replayed as one CUDA graph per step (CUDA only).
+
+for DARTS and for BaLeNAS with each M. Reports ms per step, seconds per epoch and the
+projected minutes for 50 epochs, with the device and versions, and writes JSON to
+``assets/bench/``. On the CPU it runs at lesson scale (``--preset default``); on CUDA use
 ``--preset nb201-paper`` (C=16, N=5, batch 64, 25,000 / 25,000 split).
 """
 
@@ -15,21 +19,24 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .config import RunConfig, get_preset
+from .data import BatchIterator, TensorSplit
+from .engine import StepEngine
 from .errors import UserError
 from .paths import assets_dir
 from .runs import atomic_write_json, environment_info, seed_everything
 from .search import build_arch_update, build_supernet, search_step
 
-__all__ = ["time_search_step", "run_benchmark", "main"]
+__all__ = ["PATHS", "time_path", "run_benchmark", "main"]
+
+PATHS = ("plain", "fast", "graph")
 
 
 def _sync(device: torch.device) -> None:
@@ -37,71 +44,104 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_search_step(cfg: RunConfig, *, steps: int, warmup: int, num_classes: int,
-                     in_channels: int, image_size: int, num_valid: int) -> list[float]:
-    """Wall seconds of each of ``steps`` timed search steps (after ``warmup``)."""
+def time_path(cfg: RunConfig, path: str, *, steps: int, warmup: int, num_classes: int,
+              in_channels: int, image_size: int, train_size: int) -> dict[str, float]:
+    """Run ``warmup`` then ``steps`` search steps of ``path`` on synthetic device-resident
+    splits of ``train_size`` images; returns the wall seconds of the first step (the
+    capture, for ``graph``) and of the timed steps (one sync at their end)."""
+    if path not in PATHS:
+        raise UserError(f"unknown path {path!r}; use one of {', '.join(PATHS)}")
     device = torch.device(cfg.device)
+    dtype = getattr(torch, cfg.dtype)
+    cfg = copy.deepcopy(cfg)
+    fast = path != "plain"
+    cfg.search.batched_mc = cfg.search.fused_cell = fast
     seed_everything(cfg.seed)
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    shape = (train_size, in_channels, image_size, image_size)
+    splits = [TensorSplit(torch.randn(shape, generator=g, device=device, dtype=dtype),
+                          torch.randint(0, num_classes, (train_size,), generator=g, device=device))
+              for _ in range(2)]
+    B = cfg.data.batch_size
+    train = BatchIterator(splits[0], B, shuffle=True, augment=cfg.data.augment, seed=cfg.seed).cycle(0)
+    valid = BatchIterator(splits[1], B, shuffle=True, seed=cfg.seed + 1).cycle(0)
     model = build_supernet(cfg, num_classes, in_channels)
     s = cfg.search
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
                             nesterov=True, weight_decay=s.w_weight_decay)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    arch = build_arch_update(cfg, model, num_valid, gen)
-    g = torch.Generator(device=device).manual_seed(cfg.seed)
-    B = cfg.data.batch_size
-    shape = (B, in_channels, image_size, image_size)
-    dtype = getattr(torch, cfg.dtype)
-    tb = (torch.randn(shape, generator=g, device=device, dtype=dtype),
-          torch.randint(0, num_classes, (B,), generator=g, device=device))
-    vb = (torch.randn(shape, generator=g, device=device, dtype=dtype),
-          torch.randint(0, num_classes, (B,), generator=g, device=device))
-    times: list[float] = []
-    for i in range(warmup + steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        search_step(model, w_opt, arch, tb, vb, grad_clip=s.grad_clip)
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+    arch = build_arch_update(cfg, model, train_size, torch.Generator(device=device).manual_seed(cfg.seed))
+    step: Callable[[], Any]
+    if fast:
+        engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=s.grad_clip,
+                            cuda_graph=path == "graph")
+        step = lambda: engine.step(next(train), next(valid))  # noqa: E731
+    else:
+        step = lambda: search_step(model, w_opt, arch, next(train), next(valid),  # noqa: E731
+                                   grad_clip=s.grad_clip)
+    _sync(device)
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    first = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return {"first_step_s": first, "timed_s": time.perf_counter() - t0}
 
 
 def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int,
                   num_classes: int, in_channels: int, image_size: int, train_size: int,
-                  epochs: int = 50, log=print) -> dict[str, Any]:
-    """Plain vs fast path for DARTS and BaLeNAS(M); returns a JSON-ready report."""
+                  paths: Sequence[str] = PATHS, plain_steps: int | None = None,
+                  epochs: int = 50, log: Callable[[str], None] = print,
+                  on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every path for DARTS and BaLeNAS(M); returns a JSON-ready report.
+
+    ``plain_steps`` (default ``steps``) times the slow baseline with fewer steps;
+    ``on_row(report)`` receives the report so far after every row (to save it as it grows)."""
+    device = torch.device(cfg.device)
+    paths = [p for p in paths if p != "graph" or device.type == "cuda"]
     steps_per_epoch = train_size // cfg.data.batch_size
-    cases: list[tuple[str, str, int, bool]] = [("darts", "plain", 1, False), ("darts", "fast", 1, True)]
-    for m in mcs:
-        cases += [("balenas", "plain", m, False), ("balenas", "fast", m, True)]
-    rows = []
-    for method, path, m, fast in cases:
-        c = copy.deepcopy(cfg)
-        c.search.method, c.search.mc_samples = method, m
-        c.search.batched_mc = c.search.fused_cell = fast
-        times = time_search_step(c, steps=steps, warmup=warmup, num_classes=num_classes,
-                                 in_channels=in_channels, image_size=image_size,
-                                 num_valid=train_size)
-        ms = 1000 * statistics.median(times)
-        row = {"method": method, "path": path, "mc_samples": m if method == "balenas" else None,
-               "ms_per_step_median": ms, "ms_per_step_min": 1000 * min(times),
-               "s_per_epoch": ms * steps_per_epoch / 1000,
-               f"projected_min_{epochs}_epochs": ms * steps_per_epoch * epochs / 60_000,
-               "steps_timed": steps}
-        rows.append(row)
-        log(f"{method:8s} {path:5s} M={m}  {ms:8.1f} ms/step  {row['s_per_epoch']:7.1f} s/epoch  "
-            f"{row[f'projected_min_{epochs}_epochs']:7.1f} min/{epochs} epochs")
-    return {"config": {"preset": cfg.preset, "device": cfg.device, "C": cfg.space.C,
-                       "N": cfg.space.N, "batch_size": cfg.data.batch_size,
-                       "image": [in_channels, image_size, image_size],
-                       "train_size": train_size, "steps_per_epoch": steps_per_epoch,
-                       "epochs": epochs, "dtype": cfg.dtype},
-            "env": environment_info(cfg.device), "rows": rows,
-            "note": "plain = unfused cells, one forward/backward per Monte-Carlo sample; fast = "
-                    "fused cells (edges leaving a node share one ReLU/conv/BN/pool) and the M "
-                    "samples in one batched (vmap) pass. Synthetic batches of the configured "
-                    "shape; data loading is not timed (data is device-resident in the search)."}
+    cases = [("darts", 1)] + [("balenas", m) for m in mcs]
+    rows: list[dict[str, Any]] = []
+    report = {"config": {"preset": cfg.preset, "device": cfg.device, "C": cfg.space.C,
+                         "N": cfg.space.N, "batch_size": cfg.data.batch_size,
+                         "image": [in_channels, image_size, image_size], "augment": cfg.data.augment,
+                         "train_size": train_size, "steps_per_epoch": steps_per_epoch,
+                         "epochs": epochs, "dtype": cfg.dtype, "steps": steps,
+                         "plain_steps": plain_steps or steps, "warmup": warmup},
+              "env": environment_info(cfg.device), "rows": rows,
+              "note": "plain = unfused cells, one forward/backward per Monte-Carlo sample, torch.optim; "
+                      "fast = StepEngine eagerly (folded cells, the M samples in one batched pass, "
+                      "on-device statistics); graph = the same engine replayed as one CUDA graph per "
+                      "step. Synthetic device-resident splits of the configured shape; batch "
+                      "drawing and augmentation are timed with the step. The projection excludes "
+                      "the per-epoch diagnostics (see the run directories for real wall times)."}
+    for method, m in cases:
+        for path in paths:
+            c = copy.deepcopy(cfg)
+            c.search.method, c.search.mc_samples = method, m
+            n = plain_steps if (path == "plain" and plain_steps) else steps
+            t = time_path(c, path, steps=n, warmup=warmup, num_classes=num_classes,
+                          in_channels=in_channels, image_size=image_size, train_size=train_size)
+            ms = 1000 * t["timed_s"] / n
+            row = {"method": method, "path": path, "mc_samples": m if method == "balenas" else None,
+                   "ms_per_step": ms, "s_per_epoch": ms * steps_per_epoch / 1000,
+                   f"projected_min_{epochs}_epochs": ms * steps_per_epoch * epochs / 60_000,
+                   "first_step_s": t["first_step_s"], "steps_timed": n}
+            base = next((r for r in rows if r["method"] == method and r["path"] == paths[0]
+                         and r["mc_samples"] == row["mc_samples"]), row)
+            row[f"speedup_vs_{paths[0]}"] = base["ms_per_step"] / ms
+            rows.append(row)
+            if on_row is not None:
+                on_row(report)
+            log(f"{method:8s} M={m}  {path:5s} {ms:8.2f} ms/step  {row['s_per_epoch']:7.1f} s/epoch  "
+                f"{row[f'projected_min_{epochs}_epochs']:7.2f} min/{epochs} epochs  "
+                f"(first step {t['first_step_s']:.2f} s)")
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,31 +150,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--mc", type=int, nargs="+", default=[1, 3])
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--plain-steps", type=int, default=None, help="fewer timed steps for the plain path")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--paths", nargs="+", default=list(PATHS), help="plain fast graph (graph: CUDA only)")
     p.add_argument("--out", default=str(assets_dir() / "bench"))
     args = p.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dev = "cuda" if device.startswith("cuda") else "cpu"
     try:
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"device {device!r} asked for, but CUDA is not available; pass --device cpu")
         preset = args.preset or ("nb201-paper" if device.startswith("cuda") else "default")
         cfg = get_preset(preset)
         cfg.device = device
+        path = Path(args.out) / f"bench-{dev}-{preset}-{stamp}.json"
         shape = {"cifar10": (10, 3, 32, 50_000), "fashion-mnist": (10, 1, 28, 60_000),
                  "fashion-mnist-subset": (10, 1, 28, 4_000)}
         if cfg.data.dataset not in shape:
             raise UserError(f"bench supports presets on cifar10 or fashion-mnist, not {cfg.data.dataset!r}")
         classes, chans, size, n = shape[cfg.data.dataset]
         size = cfg.data.image_size or size
+        unknown = [p for p in args.paths if p not in PATHS]
+        if unknown:
+            raise UserError(f"unknown path {unknown[0]!r}; use --paths from {', '.join(PATHS)}")
         report = run_benchmark(cfg, mcs=args.mc, steps=args.steps, warmup=args.warmup,
                                num_classes=classes, in_channels=chans, image_size=size,
-                               train_size=n // 2)
+                               train_size=n // 2, paths=args.paths, plain_steps=args.plain_steps,
+                               on_row=lambda r: atomic_write_json(path, r))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    dev = "cuda" if device.startswith("cuda") else "cpu"
-    path = Path(args.out) / f"bench-{dev}-{preset}-{stamp}.json"
     atomic_write_json(path, report)
     print(f"wrote {path}")
     return 0

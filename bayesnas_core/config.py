@@ -77,8 +77,10 @@ class SearchConfig:
     # the fast path (same function, fewer kernels); both False is the plain eager baseline
     batched_mc: bool = True  # evaluate the M samples in one batched pass (first order)
     fused_cell: bool = True  # edges leaving a node share one ReLU, convolution and pooling
+    cuda_graph: bool = True  # on CUDA, replay the whole fast step as one CUDA graph
     unrolled_eps: float = 0.01  # finite-difference radius: eps / ||v||
-    curvature_iters: int = 8  # power iterations for the Hessian eigenvalue per epoch (0: off)
+    curvature_iters: int = 8  # power iterations for the Hessian eigenvalue (0: off)
+    curvature_every: int = 1  # measure it every this many epochs (and at the last epoch)
 
 
 @dataclass
@@ -117,6 +119,9 @@ class RunConfig:
             raise UserError(f"--mc-samples must be at least 1, got {s.mc_samples}")
         if s.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {s.epochs}")
+        if s.curvature_every < 1 or s.curvature_iters < 0:
+            raise UserError("curvature_every must be >= 1 and curvature_iters >= 0 "
+                            f"(got {s.curvature_every}, {s.curvature_iters})")
         if self.data.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.data.batch_size}")
         if self.select.method not in SELECTORS:
@@ -191,7 +196,7 @@ def _nb201_paper() -> RunConfig:
         device="cuda",
         space=SpaceConfig(C=16, N=5),
         data=DataConfig(dataset="cifar10", batch_size=64, augment=True),
-        search=SearchConfig(epochs=50, num_data=25_000),
+        search=SearchConfig(epochs=50, num_data=25_000, curvature_every=5),
         select=SelectConfig(samples=100, C=16, N=5),
     )
 

@@ -481,7 +481,10 @@ def augment_batch(
         rows = rows + oy[:, None]
         cols = cols + ox[:, None]
         src = x.new_empty(b, c, h + 2 * pad, w + 2 * pad)
-        src.copy_(torch.as_tensor(fill, dtype=x.dtype, device=dev).reshape(1, -1, 1, 1).expand_as(src))
+        if isinstance(fill, (int, float)):
+            src.fill_(fill)  # no host-to-device copy, so no sync on CUDA
+        else:
+            src.copy_(torch.as_tensor(fill, dtype=x.dtype, device=dev).reshape(1, -1, 1, 1).expand_as(src))
         src[:, :, pad : pad + h, pad : pad + w] = x
     else:
         src = x

@@ -130,8 +130,10 @@ def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None
             raise ValueError("run_search needs a config or a run directory to resume")
         cfg.validate()
         run = None
+    t_start = time.perf_counter()
     bench = bench if bench is not None else open_benchmark(cfg.nb201_file)
     data = data if data is not None else load_data(cfg)
+    data_load_s = time.perf_counter() - t_start
     if run is None:
         run = RunDir.create(cfg.out, _run_name(cfg), to_dict(cfg), environment_info(cfg.device))
         log(f"run directory: {run.path}")
@@ -144,7 +146,9 @@ def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None
 
     result = search(cfg, data, run=run, resume=resume is not None, progress=progress,
                     on_epoch=on_epoch)
+    t_select = time.perf_counter()
     selection = select_from_result(cfg, result, data, bench, progress=progress)
+    selection_s = time.perf_counter() - t_select
     record = {
         "method": cfg.search.method,
         "order": cfg.search.order,
@@ -159,7 +163,10 @@ def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None
         "mu": result.mu.tolist(),
         "sigma": None if result.sigma is None else result.sigma.tolist(),
         "final_epoch": result.metrics[-1] if result.metrics else None,
-        "wall_time_s": result.wall_time_s,
+        "wall_time_s": result.wall_time_s,  # the search epochs (all sessions of a resumed run)
+        "data_load_s": data_load_s,  # this session: benchmark table + data onto the device
+        "selection_s": selection_s,
+        "session_wall_time_s": time.perf_counter() - t_start,  # load + search + selection
         "run_dir": str(run.path),
     }
     run.write_json("result.json", record)
@@ -588,7 +595,8 @@ def export_runs(run_dirs: list[str | Path], dest: str | Path) -> dict[str, Any]:
             "arch": result["arch"], "parameter_free_ops": Arch.parse(result["arch"]).num_parameter_free,
             **{k: v for k, v in result["ground_truth"]["metrics"].items()},
             "hessian_eig": last.get("hessian_eig"), "mu": result["mu"], "sigma": result["sigma"],
-            "wall_time_s": result["wall_time_s"], "device": env.get("device"),
+            "wall_time_s": result["wall_time_s"], "data_load_s": result.get("data_load_s"),
+            "session_wall_time_s": result.get("session_wall_time_s"), "device": env.get("device"),
             "command": "python -m bayesnas_core.run " + " ".join(map(shlex.quote, argv[1:])),
         })
     rows.sort(key=lambda r: (r["method"], r["mc_samples"] or 0, r["seed"]))

@@ -59,6 +59,10 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--w-lr", type=float, help="weight learning rate (cosine to w_lr_min)")
     p.add_argument("--plain-path", action="store_true",
                    help="the plain eager baseline: one pass per Monte-Carlo sample, unfused cells")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="run the fast path eagerly on CUDA instead of replaying a CUDA graph")
+    p.add_argument("--curvature-every", type=int,
+                   help="measure the Hessian eigenvalue every this many epochs (default: the preset's)")
     p.add_argument("--select", help=f"{' | '.join(SELECTORS)} (default: argmax)")
     p.add_argument("--select-samples", type=int, help="K, cells drawn for BaLeNAS-TF")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
@@ -78,7 +82,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
                             "image_size": "image_size", "limit": "limit"}),
         "space": (cfg.space, {"C": "C", "N": "N"}),
         "search": (cfg.search, {"method": "method", "order": "order", "mc_samples": "mc_samples",
-                                "epochs": "epochs", "a_lr": "a_lr", "w_lr": "w_lr"}),
+                                "epochs": "epochs", "a_lr": "a_lr", "w_lr": "w_lr",
+                                "curvature_every": "curvature_every"}),
         "select": (cfg.select, {"select": "method", "select_samples": "samples"}),
     }
     for obj, mapping in sections.values():
@@ -89,6 +94,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         cfg.data.download = True
     if getattr(args, "plain_path", False):
         cfg.search.batched_mc = cfg.search.fused_cell = False
+    if getattr(args, "no_cuda_graph", False):
+        cfg.search.cuda_graph = False
     return cfg.validate()
 
 
@@ -118,10 +125,10 @@ def _cmd_search(argv: Sequence[str]) -> int:
     _add_search(p)
     args = p.parse_args(argv)
     if args.resume:
-        keep = {"resume", "no_progress", "device", "preset", "download", "plain_path"}
+        keep = {"resume", "no_progress", "device", "preset", "download", "plain_path", "no_cuda_graph"}
         given = [k for k, v in vars(args).items()
                  if k not in keep and v is not None] + (["preset"] if args.preset != "default" else [])
-        if given or args.download or args.plain_path:
+        if given or args.download or args.plain_path or args.no_cuda_graph:
             raise UserError("--resume continues with the run's stored settings; drop the other "
                             "options (only --device and --no-progress may change)")
         result = run_search(resume=args.resume, progress=not args.no_progress, device=args.device)

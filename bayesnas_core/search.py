@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 
 from .config import RunConfig, to_dict
 from .data import BatchIterator, SearchData
+from .engine import StepEngine, engine_supported
 from .errors import NonFiniteLossError, UserError
 from .optim import Vadam
 from .runs import RunDir, seed_everything
@@ -380,6 +383,17 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
         metrics, history = state["metrics"], state["history"]
         start, elapsed = int(state["epoch"]), float(state["wall_time_s"])
 
+    engine = None
+    if engine_supported(s.order, s.fused_cell, s.batched_mc):
+        engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=s.grad_clip,
+                            cuda_graph=s.cuda_graph and device.type == "cuda")
+
+    def stop(where: str) -> NonFiniteLossError:
+        kept = (f"the last good checkpoint (epoch {metrics[-1]['epoch']}) is kept in {run.path}"
+                if run is not None and metrics else "no checkpoint was written")
+        return NonFiniteLossError(f"non-finite loss {where}; search stopped and {kept}; lower the "
+                                  f"learning rates (w_lr {s.w_lr}, a_lr {s.a_lr})")
+
     epochs = tqdm(range(start, s.epochs), desc=f"{s.method} search", unit="epoch",
                   disable=not progress, initial=start, total=s.epochs)
     for epoch in epochs:
@@ -389,29 +403,40 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
         # ImageNet16-120) is cycled, a split of the same length is used exactly once
         steps = tqdm(zip(train_it.epoch(epoch), valid_it.cycle(epoch)), total=len(train_it),
                      desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
-        n = 0
-        for step, (tb, vb) in enumerate(steps):
-            stats = search_step(model, w_opt, arch, tb, vb, grad_clip=s.grad_clip)
-            if not all(math.isfinite(v) for v in stats.values()) or not torch.isfinite(model.alpha).all():
-                kept = (f"the last good checkpoint (epoch {metrics[-1]['epoch']}) is kept in {run.path}"
-                        if run is not None and metrics else "no checkpoint was written")
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch + 1} step {step + 1}; search stopped and "
-                    f"{kept}; lower the learning rates (w_lr {s.w_lr}, a_lr {s.a_lr})")
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
+        if engine is not None:  # the fast path: statistics stay on the device
+            for step, (tb, vb) in enumerate(steps):
+                engine.step(tb, vb)
+                if not engine.cuda_graph and not engine.last_finite():
+                    raise stop(f"at epoch {epoch + 1} step {step + 1}")
+            sums = engine.epoch_stats()
+            engine.sync_state()
+            n = 1
+            if not all(math.isfinite(v) for v in sums.values()) or not torch.isfinite(model.alpha).all():
+                raise stop(f"in epoch {epoch + 1}")
+        else:
+            n = 0
+            for step, (tb, vb) in enumerate(steps):
+                stats = search_step(model, w_opt, arch, tb, vb, grad_clip=s.grad_clip)
+                if not all(math.isfinite(v) for v in stats.values()) or not torch.isfinite(model.alpha).all():
+                    raise stop(f"at epoch {epoch + 1} step {step + 1}")
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n += 1
         w_lr = w_opt.param_groups[0]["lr"]  # the rate this epoch trained with
-        sched.step()
+        with warnings.catch_warnings():  # the engine updates the weights without w_opt.step()
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+            sched.step()
         genotype = model.genotype()
         sigma = arch.sigma(model)
         record: dict[str, Any] = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()},
                                   "w_lr": w_lr, "arch": str(genotype),
                                   "parameter_free_ops": genotype.num_parameter_free}
-        if s.curvature_iters > 0:
+        if s.curvature_iters > 0 and ((epoch + 1) % s.curvature_every == 0 or epoch + 1 == s.epochs):
+            t_curv = time.perf_counter()
             curv_gen = _make_generator(device, cfg.seed + 31 * (epoch + 1))
             record["hessian_eig"] = dominant_hessian_eigenvalue(model, model.alpha, probe,
                                                                 s.curvature_iters, curv_gen)
+            record["hessian_eig_s"] = time.perf_counter() - t_curv
         if on_epoch is not None:
             record.update(on_epoch(model, genotype))
         elapsed += time.perf_counter() - t0

@@ -200,32 +200,31 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path) -> None:
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
-def test_shorter_valid_split_is_cycled_and_lr_is_the_epochs_own(tmp_path) -> None:
+@pytest.mark.parametrize("fast", [True, False])
+def test_shorter_valid_split_is_cycled_and_lr_is_the_epochs_own(tmp_path, monkeypatch, fast) -> None:
     """An epoch is one pass over the train split even when valid is shorter (CIFAR-100,
-    ImageNet16-120); the recorded w_lr is the rate the epoch trained with."""
+    ImageNet16-120); the recorded w_lr is the rate the epoch trained with. Both paths."""
+    import sys
     from dataclasses import replace
 
     from bayesnas_core.data import TensorSplit
+    from bayesnas_core.engine import StepEngine
 
     data = make_tiny_data(n=64)
     data = replace(data, valid=TensorSplit(data.valid.x[:16], data.valid.y[:16]))
-    cfg = make_tiny_config(tmp_path, method="darts")
+    cfg = make_tiny_config(tmp_path, method="darts", batched_mc=fast, fused_cell=fast)
     cfg.search.epochs = 1
     steps = []
-    import sys
-
     S = sys.modules["bayesnas_core.search"]  # the module (the package exports a function of that name)
-    original = S.search_step
+    target = (StepEngine, "step") if fast else (S, "search_step")
+    original = getattr(*target)
 
     def counting(*a, **k):
         steps.append(1)
         return original(*a, **k)
 
-    S.search_step = counting
-    try:
-        res = search(cfg, data, progress=False)
-    finally:
-        S.search_step = original
+    monkeypatch.setattr(*target, counting)
+    res = search(cfg, data, progress=False)
     assert len(steps) == 64 // 16  # 4 train batches, valid (1 batch) cycled
     assert res.metrics[0]["w_lr"] == cfg.search.w_lr
 

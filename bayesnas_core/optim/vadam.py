@@ -165,11 +165,19 @@ class Vadam(torch.optim.Optimizer):
         """
         if num_samples is not None and (isinstance(num_samples, bool) or num_samples < 1):
             raise ValueError(f"Vadam.sample: num_samples must be >= 1, got {num_samples!r}")
+        return [p.detach() + self._std(p, group) * eps
+                for (group, p), eps in zip(self._pairs(), self.noise(num_samples))]
+
+    @torch.no_grad()
+    def noise(self, num_samples: int | None = None) -> list[Tensor]:
+        """The standard-normal draws ``eps`` ``[M, *p.shape]`` that :meth:`sample` scales,
+        in group order, consuming the generator exactly as :meth:`sample` does."""
+        if num_samples is not None and (isinstance(num_samples, bool) or num_samples < 1):
+            raise ValueError(f"Vadam.noise: num_samples must be >= 1, got {num_samples!r}")
         out = []
         for group, p in self._pairs():
             m = group["mc_samples"] if num_samples is None else int(num_samples)
-            eps = self._randn((m, *p.shape), p)
-            out.append(p.detach() + self._std(p, group) * eps)
+            out.append(self._randn((m, *p.shape), p))
         return out
 
     def _num_mc(self) -> int:

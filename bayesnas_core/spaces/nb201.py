@@ -170,7 +170,8 @@ class _MixedOp(nn.Module):
 
 
 class _SearchCell(nn.Module):
-    """A cell of mixed edges; ``fused=True`` evaluates the same function in fewer kernels."""
+    """A cell of mixed edges. ``forward`` is the plain evaluation, one op at a time;
+    :meth:`forward_folded` computes the same function in a few large kernels."""
 
     def __init__(self, C: int, bn: dict, dd: dict, fused: bool = False) -> None:
         super().__init__()
@@ -180,8 +181,6 @@ class _SearchCell(nn.Module):
         self.fused = fused
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
-        if self.fused:
-            return self._forward_fused(x, weights)
         nodes = [x]
         e = 0
         for i in range(1, MAX_NODES):
@@ -193,35 +192,93 @@ class _SearchCell(nn.Module):
             nodes.append(s)
         return nodes[-1]
 
-    def _forward_fused(self, x: Tensor, weights: Tensor) -> Tensor:
-        """All edges leaving one node share its ReLU, one convolution and one pooling.
+    def forward_folded(self, h: Tensor, mix: Sequence[Tensor]) -> Tensor:
+        """The fused cell on ``[B, M, C, H, W]`` (M alpha samples folded into the batch).
 
-        The 1x1 and 3x3 convolutions of every edge from node ``j`` run as one 3x3
-        convolution (each 1x1 kernel zero-padded to 3x3, so it gets gradient only at
-        its centre) followed by one BatchNorm over the stacked channels (per-channel
-        statistics, identical to separate BNs). Mixing and summation follow the plain
-        order: skip, conv 1x1, conv 3x3, pool (``none`` adds exactly zero).
+        Edges leaving node ``j`` share its ReLU, one convolution and one pooling: the
+        1x1 and 3x3 kernels of all its out-edges run as one 3x3 convolution (each 1x1
+        kernel zero-padded, so it gets gradient only at its centre), then one
+        BatchNorm whose channels are ``(sample, conv channel)``, so every sample keeps
+        its own batch statistics. The mixing of all out-edges is one matmul of the
+        candidates ``[node, pool, conv1x1 ..., conv3x3 ...]`` with ``mix[j]``
+        (``[M, k, 2 + 2k]``, from :func:`_mixing_matrices`); ``none`` adds exactly zero.
         """
-        C = x.shape[1]
-        acc: list[Tensor | None] = [x, None, None, None]
+        B, M, C, H, W = h.shape
+        terms: list[list[Tensor]] = [[] for _ in range(MAX_NODES)]
+        node = h
         for j in range(MAX_NODES - 1):
-            node = acc[j]
-            out_edges = [e for e, (_, src) in enumerate(EDGES) if src == j]
-            kernels = []
-            for e in out_edges:
-                ops = self.edges[e].ops
-                kernels += [F.pad(ops[2].op[1].weight, (1, 1, 1, 1)), ops[3].op[1].weight]
-            conv = F.conv2d(F.relu(node), torch.cat(kernels), padding=1)
-            conv = F.batch_norm(conv, None, None, training=True, momentum=0.0,
-                                eps=self.edges[out_edges[0]].ops[3].op[2].eps)
-            pooled = self.edges[out_edges[0]].ops[4](node)
-            parts = conv.split(C, dim=1)
-            for n, e in enumerate(out_edges):
-                w = weights[e]
-                t = w[1] * node + w[2] * parts[2 * n] + w[3] * parts[2 * n + 1] + w[4] * pooled
-                i = EDGES[e][0]
-                acc[i] = t if acc[i] is None else acc[i] + t
-        return acc[-1]
+            out_edges = _OUT_EDGES[j]
+            k = len(out_edges)
+            flat = node.reshape(B * M, C, H, W)
+            ops = [self.edges[e].ops for e in out_edges]
+            kernel = torch.cat([F.pad(o[2].op[1].weight, (1, 1, 1, 1)) for o in ops]
+                               + [o[3].op[1].weight for o in ops])
+            conv = F.conv2d(F.relu(flat), kernel, padding=1)
+            conv = F.batch_norm(conv.view(B, M * 2 * k * C, H, W), None, None, training=True,
+                                momentum=0.0, eps=ops[0][3].op[2].eps)
+            pooled = ops[0][4](flat)
+            cand = torch.cat([node.reshape(B, M, C, H * W), pooled.view(B, M, C, H * W),
+                              conv.view(B, M, 2 * k * C, H * W)], dim=2)
+            out = torch.matmul(mix[j], cand.view(B, M, 2 + 2 * k, C * H * W))  # [B, M, k, CHW]
+            for n in range(k):
+                terms[j + 1 + n].append(out[:, :, n])
+            parts = terms[j + 1]
+            node = parts[0]
+            for t in parts[1:]:
+                node = node + t
+            node = node.reshape(B, M, C, H, W)
+        return node
+
+
+#: out-edges of each source node, in NB201 edge order (targets ascending)
+_OUT_EDGES: tuple[tuple[int, ...], ...] = tuple(
+    tuple(e for e, (_, src) in enumerate(EDGES) if src == j) for j in range(MAX_NODES - 1))
+
+
+def _mixing_index(out_edges: Sequence[int], num_ops: int) -> list[list[int]]:
+    """Rows: out-edges of one node; columns: its candidates ``[node, pool, conv1x1 of
+    each out-edge, conv3x3 of each out-edge]``; entries index the flat ``[E * ops + 1]``
+    weights, the last of which is zero."""
+    k, zero = len(out_edges), NUM_EDGES * num_ops
+    op = {name: i for i, name in enumerate(OP_NAMES)}
+    rows = []
+    for n, e in enumerate(out_edges):
+        row = [e * num_ops + op["skip_connect"], e * num_ops + op["avg_pool_3x3"]]
+        row += [e * num_ops + op["nor_conv_1x1"] if m == n else zero for m in range(k)]
+        row += [e * num_ops + op["nor_conv_3x3"] if m == n else zero for m in range(k)]
+        rows.append(row)
+    return rows
+
+
+def _mixing_matrices(weights: Tensor, index: Sequence[Tensor]) -> list[Tensor]:
+    """``[M, 6, 5]`` op weights -> per source node the ``[M, k, 2 + 2k]`` mixing matrix."""
+    M = weights.shape[0]
+    flat = torch.cat([weights.reshape(M, -1), weights.new_zeros(M, 1)], dim=1)
+    return [flat[:, idx] for idx in index]
+
+
+def _bn_folded(bn: nn.BatchNorm2d, y: Tensor, M: int) -> Tensor:
+    """BatchNorm of ``y`` ``[B * M, C, H, W]`` (sample-minor) with per-sample statistics."""
+    BM, C, H, W = y.shape
+    w = None if bn.weight is None else bn.weight.repeat(M)
+    b = None if bn.bias is None else bn.bias.repeat(M)
+    out = F.batch_norm(y.view(BM // M, M * C, H, W), None, None, w, b, training=True,
+                       momentum=0.0, eps=bn.eps)
+    return out.view(BM, C, H, W)
+
+
+def _relu_conv_bn_folded(block: nn.Module, x: Tensor, M: int) -> Tensor:
+    _, conv, bn = block.op
+    return _bn_folded(bn, conv(F.relu(x)), M)
+
+
+def _resblock_folded(block: ResNetBasicblock, h: Tensor) -> Tensor:
+    """The stage-transition block on ``[B, M, C, H, W]``, per-sample BN statistics."""
+    B, M = h.shape[:2]
+    flat = h.reshape(B * M, *h.shape[2:])
+    y = _relu_conv_bn_folded(block.conv_b, _relu_conv_bn_folded(block.conv_a, flat, M), M)
+    out = block.downsample(flat) + y  # avg pool + 1x1 conv: no batch statistics
+    return out.view(B, M, *out.shape[1:])
 
 
 class _InferCell(nn.Module):
@@ -285,8 +342,10 @@ class NB201Supernet(nn.Module):
 
     Cell ops use BN without affine parameters (as in DARTS); with
     ``track_running_stats=False`` (the default) BN always uses batch statistics.
-    ``fused=True`` computes the same cells with fewer, larger kernels (the fast path);
-    parameters and ``state_dict`` are the same either way.
+    ``fused=True`` computes the same function with fewer, larger kernels (the fast path):
+    the M samples are folded into the batch instead of vmapped, and the edges of a node
+    share one convolution, one BatchNorm and one mixing matmul. Parameters and
+    ``state_dict`` are the same either way.
     """
 
     def __init__(self, C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3, *,
@@ -298,7 +357,11 @@ class NB201Supernet(nn.Module):
         self.C, self.N, self.num_classes = C, N, num_classes
         self.net = _Macro(C, N, num_classes, in_channels, lambda c: _SearchCell(c, bn, dd, fused),
                           bn, dd)
+        self.fused = fused
         self.alpha = nn.Parameter(1e-3 * torch.randn(NUM_EDGES, len(OP_NAMES), **dd))
+        for j, edges in enumerate(_OUT_EDGES):  # not in state_dict: derived from the space
+            index = torch.tensor(_mixing_index(edges, len(OP_NAMES)), device=device)
+            self.register_buffer(f"_mix_index_{j}", index, persistent=False)
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.net.parameters())
@@ -312,14 +375,32 @@ class NB201Supernet(nn.Module):
             h = cell(h) if isinstance(cell, ResNetBasicblock) else cell(h, weights)
         return self.net.head(h)
 
+    def _forward_folded(self, x: Tensor, weights: Tensor) -> Tensor:
+        """``weights`` ``[M, 6, 5]`` -> logits ``[M, B, classes]``; the M samples are
+        folded into the batch (``[B, M, C, H, W]``) with per-sample BN statistics."""
+        M = weights.shape[0]
+        mix = _mixing_matrices(weights, [getattr(self, f"_mix_index_{j}") for j in range(3)])
+        h = self.net.stem(x)  # the same for every sample
+        h = h.unsqueeze(1).expand(h.shape[0], M, *h.shape[1:])
+        for cell in self.net.cells:
+            h = _resblock_folded(cell, h) if isinstance(cell, ResNetBasicblock) else cell.forward_folded(h, mix)
+        B, _, C, H, W = h.shape
+        bn, relu = self.net.lastact
+        h = relu(_bn_folded(bn, h.reshape(B * M, C, H, W), M))
+        logits = self.net.classifier(h.mean(dim=(2, 3)).view(B, M, C))
+        return logits.transpose(0, 1)
+
     def forward(self, x: Tensor, alpha: Tensor | None = None) -> Tensor:
         alpha = self.alpha if alpha is None else alpha
         weights = F.softmax(alpha, dim=-1)
+        if weights.dim() not in (2, 3):
+            raise ValueError(f"alpha must be [6, 5] or [M, 6, 5], got {tuple(alpha.shape)}")
+        if self.fused:
+            out = self._forward_folded(x, weights if weights.dim() == 3 else weights[None])
+            return out if weights.dim() == 3 else out[0]
         if weights.dim() == 2:
             return self._forward(x, weights)
-        if weights.dim() == 3:
-            return torch.func.vmap(self._forward, in_dims=(None, 0))(x, weights)
-        raise ValueError(f"alpha must be [6, 5] or [M, 6, 5], got {tuple(alpha.shape)}")
+        return torch.func.vmap(self._forward, in_dims=(None, 0))(x, weights)
 
     def genotype(self, alpha: Tensor | None = None) -> Arch:
         """The argmax cell of ``alpha`` (default: the supernet's own)."""

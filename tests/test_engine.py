@@ -1,0 +1,161 @@
+"""The fast step engine computes the plain path's step: same weights, alpha and states."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from bayesnas_core.engine import StepEngine, engine_supported
+from bayesnas_core.search import build_arch_update, build_supernet, search_step
+
+from conftest import make_tiny_config, make_tiny_data
+
+
+def _setup(tmp_path, method: str, fused: bool, dtype: str):
+    cfg = make_tiny_config(tmp_path, method=method, mc_samples=3, batched_mc=fused, fused_cell=fused)
+    cfg.dtype = dtype
+    torch.manual_seed(0)
+    model = build_supernet(cfg, 4, 1)
+    s = cfg.search
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
+                            nesterov=True, weight_decay=s.w_weight_decay)
+    arch = build_arch_update(cfg, model, 64, torch.Generator().manual_seed(5))
+    return cfg, model, w_opt, arch
+
+
+def _batches(dtype: torch.dtype, steps: int):
+    data = make_tiny_data(n=16 * steps).to(dtype)
+    return [((data.train.x[i * 16:(i + 1) * 16], data.train.y[i * 16:(i + 1) * 16]),
+             (data.valid.x[i * 16:(i + 1) * 16], data.valid.y[i * 16:(i + 1) * 16]))
+            for i in range(steps)]
+
+
+@pytest.mark.parametrize("method", ["darts", "balenas"])
+def test_engine_step_equals_plain_step(tmp_path, method) -> None:
+    """Five steps, float64, with a learning-rate change halfway: the engine (folded cells,
+    on-device statistics) and the plain path (unfused cells, torch.optim, one pass per
+    Monte-Carlo sample, same noise) agree to 1e-9 in every weight, alpha and optimizer
+    state (only summation order differs), and in the mean statistics to float32
+    round-off (the plain Vadam path reports its loss as a float32 tensor)."""
+    _, pm, pw, pa = _setup(tmp_path, method, fused=False, dtype="float64")
+    _, fm, fw, fa = _setup(tmp_path, method, fused=True, dtype="float64")
+    fm.load_state_dict(pm.state_dict())
+    engine = StepEngine(fm, fw, fa.optimizer, grad_clip=5.0)
+    stats = []
+    for i, (tb, vb) in enumerate(_batches(torch.float64, 5)):
+        if i == 3:
+            for opt in (pw, fw):
+                opt.param_groups[0]["lr"] = 0.01
+        stats.append(search_step(pm, pw, pa, tb, vb, grad_clip=5.0))
+        engine.step(tb, vb)
+    engine.sync_state()
+    mean = engine.epoch_stats()
+    for k, v in mean.items():  # Vadam.step reports its mean loss as a float32 tensor
+        assert v == pytest.approx(sum(s[k] for s in stats) / len(stats), rel=1e-7, abs=1e-12)
+    for p, q in zip(pm.parameters(), fm.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-12)
+    for p, q in zip(pw.param_groups[0]["params"], fw.param_groups[0]["params"]):
+        torch.testing.assert_close(fw.state[q]["momentum_buffer"], pw.state[p]["momentum_buffer"],
+                                   rtol=1e-9, atol=1e-12)
+    ps, fs = pa.optimizer.state[pm.alpha], fa.optimizer.state[fm.alpha]
+    assert int(fs["step"]) == int(ps["step"]) == 5
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(fs[key], ps[key], rtol=1e-9, atol=1e-15)
+    assert not torch.allclose(pm.alpha, _setup(tmp_path, method, False, "float64")[1].alpha)
+
+
+def test_engine_state_round_trips_through_the_plain_optimizers(tmp_path) -> None:
+    """After sync_state, the optimizers' state_dicts load into fresh optimizers, and an
+    engine built on them continues exactly where the first one stopped."""
+    _, model, w_opt, arch = _setup(tmp_path, "balenas", fused=True, dtype="float32")
+    batches = _batches(torch.float32, 4)
+    engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=5.0)
+    for tb, vb in batches[:2]:
+        engine.step(tb, vb)
+    engine.sync_state()
+    saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(w_opt.state_dict()),
+             copy.deepcopy(arch.optimizer.state_dict()), arch.optimizer.generator.get_state())
+    for tb, vb in batches[2:]:
+        engine.step(tb, vb)
+    _, m2, w2, a2 = _setup(tmp_path, "balenas", fused=True, dtype="float32")
+    m2.load_state_dict(saved[0])
+    w2.load_state_dict(saved[1])
+    a2.optimizer.load_state_dict(saved[2])
+    a2.optimizer.generator.set_state(saved[3])
+    e2 = StepEngine(m2, w2, a2.optimizer, grad_clip=5.0)
+    for tb, vb in batches[2:]:
+        e2.step(tb, vb)
+    assert torch.equal(m2.alpha, model.alpha)
+    assert torch.equal(a2.optimizer.state[m2.alpha]["exp_avg_sq"], arch.optimizer.state[model.alpha]["exp_avg_sq"])
+
+
+def test_engine_rejects_what_it_does_not_implement(tmp_path) -> None:
+    _, model, w_opt, arch = _setup(tmp_path, "darts", fused=True, dtype="float32")
+    with pytest.raises(ValueError, match="CUDA"):
+        StepEngine(model, w_opt, arch.optimizer, grad_clip=5.0, cuda_graph=True)
+    plain_sgd = torch.optim.SGD(model.weight_parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="nesterov"):
+        StepEngine(model, plain_sgd, arch.optimizer, grad_clip=5.0)
+    with pytest.raises(TypeError):
+        StepEngine(model, w_opt, torch.optim.SGD([model.alpha], lr=0.1), grad_clip=5.0)
+    assert engine_supported(1, True, True)
+    assert not engine_supported(2, True, True) and not engine_supported(1, False, True)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("method", ["darts", "balenas"])
+def test_cuda_graph_replay_equals_eager_engine(tmp_path, method) -> None:
+    """On CUDA, ten replayed steps (with a learning-rate change) end where ten eager engine
+    steps do, from the same start with the same noise: float32, alpha within 1e-5 and
+    weights within 1e-4 relative (cuDNN may pick other algorithms under the graph)."""
+    runs = []
+    for graph in (False, True):
+        cfg = make_tiny_config(tmp_path, method=method, mc_samples=3)
+        cfg.device = "cuda"
+        torch.manual_seed(0)
+        model = build_supernet(cfg, 4, 1)
+        s = cfg.search
+        w_opt = torch.optim.SGD(model.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
+                                nesterov=True, weight_decay=s.w_weight_decay)
+        arch = build_arch_update(cfg, model, 64, torch.Generator(device="cuda").manual_seed(5))
+        engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=5.0, cuda_graph=graph)
+        for i, (tb, vb) in enumerate(_batches(torch.float32, 10)):
+            if i == 5:
+                w_opt.param_groups[0]["lr"] = 0.01
+            engine.step(tuple(t.cuda() for t in tb), tuple(t.cuda() for t in vb))
+        engine.sync_state()
+        runs.append((model, engine.epoch_stats(), arch.optimizer.state[model.alpha]))
+    (m0, s0, a0), (m1, s1, a1) = runs
+    torch.testing.assert_close(m1.alpha, m0.alpha, rtol=1e-5, atol=1e-6)
+    for p, q in zip(m0.weight_parameters(), m1.weight_parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+    assert int(a0["step"]) == int(a1["step"]) == 10
+    for k in s0:
+        assert s1[k] == pytest.approx(s0[k], rel=1e-4, abs=1e-6)
+
+
+@cuda
+def test_cuda_graph_search_matches_plain_path(tmp_path) -> None:
+    """A short BaLeNAS search on CUDA: the graph-replayed fast path ends with the plain
+    path's mu and sigma (same tolerance as the CPU test)."""
+    from dataclasses import replace
+
+    from bayesnas_core.data import TensorSplit
+    from bayesnas_core.search import search
+
+    results = []
+    for fast in (True, False):
+        cfg = make_tiny_config(tmp_path, method="balenas", mc_samples=3, batched_mc=fast,
+                               fused_cell=fast)
+        cfg.device = "cuda"
+        data = make_tiny_data()
+        data = replace(data, **{k: TensorSplit(getattr(data, k).x.cuda(), getattr(data, k).y.cuda())
+                                for k in ("train", "valid", "test")})
+        results.append(search(cfg, data, progress=False))
+    torch.testing.assert_close(results[0].mu, results[1].mu, rtol=0, atol=1e-4)
+    torch.testing.assert_close(results[0].sigma, results[1].sigma, rtol=1e-4, atol=1e-6)
