@@ -125,15 +125,22 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
             c = copy.deepcopy(cfg)
             c.search.method, c.search.mc_samples = method, m
             n = plain_steps if (path == "plain" and plain_steps) else steps
-            t = time_path(c, path, steps=n, warmup=warmup, num_classes=num_classes,
-                          in_channels=in_channels, image_size=image_size, train_size=train_size)
+            try:
+                t = time_path(c, path, steps=n, warmup=warmup, num_classes=num_classes,
+                              in_channels=in_channels, image_size=image_size, train_size=train_size)
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as err:  # keep the other rows
+                msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                rows.append({"method": method, "path": path, "mc_samples": m if method == "balenas" else None,
+                             "error": msg})
+                log(f"{method:8s} M={m}  {path:5s} failed: {msg}")
+                continue
             ms = 1000 * t["timed_s"] / n
             row = {"method": method, "path": path, "mc_samples": m if method == "balenas" else None,
                    "ms_per_step": ms, "s_per_epoch": ms * steps_per_epoch / 1000,
                    f"projected_min_{epochs}_epochs": ms * steps_per_epoch * epochs / 60_000,
                    "first_step_s": t["first_step_s"], "steps_timed": n}
             base = next((r for r in rows if r["method"] == method and r["path"] == paths[0]
-                         and r["mc_samples"] == row["mc_samples"]), row)
+                         and r["mc_samples"] == row["mc_samples"] and "error" not in r), row)
             row[f"speedup_vs_{paths[0]}"] = base["ms_per_step"] / ms
             rows.append(row)
             if on_row is not None:
