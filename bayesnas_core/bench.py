@@ -34,7 +34,7 @@ from .paths import assets_dir
 from .runs import atomic_write_json, environment_info, seed_everything
 from .search import build_arch_update, build_supernet, search_step
 
-__all__ = ["PATHS", "time_path", "run_benchmark", "main"]
+__all__ = ["PATHS", "make_step", "time_path", "run_benchmark", "main"]
 
 PATHS = ("plain", "fast", "graph")
 
@@ -44,11 +44,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_path(cfg: RunConfig, path: str, *, steps: int, warmup: int, num_classes: int,
-              in_channels: int, image_size: int, train_size: int) -> dict[str, float]:
-    """Run ``warmup`` then ``steps`` search steps of ``path`` on synthetic device-resident
-    splits of ``train_size`` images; returns the wall seconds of the first step (the
-    capture, for ``graph``) and of the timed steps (one sync at their end)."""
+def make_step(cfg: RunConfig, path: str, *, num_classes: int, in_channels: int, image_size: int,
+              train_size: int) -> Callable[[], Any]:
+    """A closure running one search step of ``path`` on synthetic device-resident splits of
+    ``train_size`` images, batches drawn (and augmented) as in a search."""
     if path not in PATHS:
         raise UserError(f"unknown path {path!r}; use one of {', '.join(PATHS)}")
     device = torch.device(cfg.device)
@@ -70,14 +69,21 @@ def time_path(cfg: RunConfig, path: str, *, steps: int, warmup: int, num_classes
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
                             nesterov=True, weight_decay=s.w_weight_decay)
     arch = build_arch_update(cfg, model, train_size, torch.Generator(device=device).manual_seed(cfg.seed))
-    step: Callable[[], Any]
     if fast:
         engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=s.grad_clip,
                             cuda_graph=path == "graph")
-        step = lambda: engine.step(next(train), next(valid))  # noqa: E731
-    else:
-        step = lambda: search_step(model, w_opt, arch, next(train), next(valid),  # noqa: E731
-                                   grad_clip=s.grad_clip)
+        return lambda: engine.step(next(train), next(valid))
+    return lambda: search_step(model, w_opt, arch, next(train), next(valid), grad_clip=s.grad_clip)
+
+
+def time_path(cfg: RunConfig, path: str, *, steps: int, warmup: int, num_classes: int,
+              in_channels: int, image_size: int, train_size: int) -> dict[str, float]:
+    """Run ``warmup`` then ``steps`` search steps of ``path`` (see :func:`make_step`);
+    returns the wall seconds of the first step (the capture, for ``graph``) and of the
+    timed steps (one sync at their end)."""
+    device = torch.device(cfg.device)
+    step = make_step(cfg, path, num_classes=num_classes, in_channels=in_channels,
+                     image_size=image_size, train_size=train_size)
     _sync(device)
     t0 = time.perf_counter()
     step()

@@ -175,7 +175,8 @@ class StepEngine:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         # cuDNN times its algorithms during the warm-up; the capture keeps the choice
-        with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False):
+        with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False,
+                                        allow_tf32=torch.backends.cudnn.allow_tf32):
             with torch.cuda.stream(side):
                 for _ in range(self.warmup):
                     self._compute()
