@@ -36,7 +36,8 @@ def main(out: Path, steps: int = 3) -> None:
         key = "self_device_time_total" if hasattr(avg[0], "self_device_time_total") else "self_cuda_time_total"
         table = avg.table(sort_by=key, row_limit=45, max_name_column_width=70)
         (out / f"profile-{method}-m{m}.txt").write_text(table)
-        total_us = sum(getattr(e, key) for e in avg)  # self times add up without overlap
+        # kernel rows only: an aten op's self device time repeats its kernels' time
+        total_us = sum(getattr(e, key) for e in avg if not e.key.startswith("aten::"))
         launches = sum(e.count for e in avg if e.key.startswith(("cudaLaunchKernel", "cuLaunchKernel",
                                                                   "cudaGraphLaunch")))
         summary[f"{method}-m{m}"] = {"kernel_launches_per_step": launches / steps,
