@@ -7,7 +7,9 @@ drawn and augmented as in a search) on three paths, side by side, in one process
   ``torch.optim`` and Python floats (:func:`~bayesnas_core.search.search_step`);
 - ``fast``: :class:`~bayesnas_core.engine.StepEngine` run eagerly (folded cells, the M
   samples in one batched pass, statistics kept on the device);
-- ``graph``: the same engine replayed as one CUDA graph per step (CUDA only).
+- ``graph``: the same engine replayed as one CUDA graph per step (CUDA only);
+- ``compiled`` (opt-in): ``graph`` with the fused cells through ``torch.compile``
+  (eager engine on a CPU); its first step includes the compilation.
 
 for DARTS and for BaLeNAS with each M. Reports ms per step, seconds per epoch and the
 projected minutes for 50 epochs, with the device and versions, and writes JSON to
@@ -34,9 +36,10 @@ from .paths import assets_dir
 from .runs import atomic_write_json, environment_info, seed_everything
 from .search import build_arch_update, build_supernet, search_step
 
-__all__ = ["PATHS", "make_step", "time_path", "run_benchmark", "main"]
+__all__ = ["PATHS", "DEFAULT_PATHS", "make_step", "time_path", "run_benchmark", "main"]
 
-PATHS = ("plain", "fast", "graph")
+PATHS = ("plain", "fast", "graph", "compiled")
+DEFAULT_PATHS = ("plain", "fast", "graph")
 
 
 def _sync(device: torch.device) -> None:
@@ -55,6 +58,7 @@ def make_step(cfg: RunConfig, path: str, *, num_classes: int, in_channels: int, 
     cfg = copy.deepcopy(cfg)
     fast = path != "plain"
     cfg.search.batched_mc = cfg.search.fused_cell = fast
+    cfg.search.compile_cells = path == "compiled"
     seed_everything(cfg.seed)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     shape = (train_size, in_channels, image_size, image_size)
@@ -71,7 +75,7 @@ def make_step(cfg: RunConfig, path: str, *, num_classes: int, in_channels: int, 
     arch = build_arch_update(cfg, model, train_size, torch.Generator(device=device).manual_seed(cfg.seed))
     if fast:
         engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=s.grad_clip,
-                            cuda_graph=path == "graph")
+                            cuda_graph=path in ("graph", "compiled") and device.type == "cuda")
         return lambda: engine.step(next(train), next(valid))
     return lambda: search_step(model, w_opt, arch, next(train), next(valid), grad_clip=s.grad_clip)
 
@@ -101,7 +105,7 @@ def time_path(cfg: RunConfig, path: str, *, steps: int, warmup: int, num_classes
 
 def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int,
                   num_classes: int, in_channels: int, image_size: int, train_size: int,
-                  paths: Sequence[str] = PATHS, plain_steps: int | None = None,
+                  paths: Sequence[str] = DEFAULT_PATHS, plain_steps: int | None = None,
                   epochs: int = 50, log: Callable[[str], None] = print,
                   on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every path for DARTS and BaLeNAS(M); returns a JSON-ready report.
@@ -123,7 +127,7 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
               "note": "plain = unfused cells, one forward/backward per Monte-Carlo sample, torch.optim; "
                       "fast = StepEngine eagerly (folded cells, the M samples in one batched pass, "
                       "on-device statistics); graph = the same engine replayed as one CUDA graph per "
-                      "step. Synthetic device-resident splits of the configured shape; batch "
+                      "step; compiled = graph with torch.compile'd cells. Synthetic device-resident splits of the configured shape; batch "
                       "drawing and augmentation are timed with the step. The projection excludes "
                       "the per-epoch diagnostics (see the run directories for real wall times)."}
     for method, m in cases:
@@ -165,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--plain-steps", type=int, default=None, help="fewer timed steps for the plain path")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--paths", nargs="+", default=list(PATHS), help="plain fast graph (graph: CUDA only)")
+    p.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS),
+                   help=f"some of {' '.join(PATHS)} (graph: CUDA only; compiled: opt-in)")
     p.add_argument("--out", default=str(assets_dir() / "bench"))
     args = p.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

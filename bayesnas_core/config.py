@@ -78,6 +78,7 @@ class SearchConfig:
     batched_mc: bool = True  # evaluate the M samples in one batched pass (first order)
     fused_cell: bool = True  # edges leaving a node share one ReLU, convolution and pooling
     cuda_graph: bool = True  # on CUDA, replay the whole fast step as one CUDA graph
+    compile_cells: bool = False  # fast path: torch.compile the fused cells (opt-in)
     unrolled_eps: float = 0.01  # finite-difference radius: eps / ||v||
     curvature_iters: int = 8  # power iterations for the Hessian eigenvalue (0: off)
     curvature_every: int = 1  # measure it every this many epochs (and at the last epoch)

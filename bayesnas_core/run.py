@@ -61,6 +61,8 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    help="the plain eager baseline: one pass per Monte-Carlo sample, unfused cells")
     p.add_argument("--no-cuda-graph", action="store_true",
                    help="run the fast path eagerly on CUDA instead of replaying a CUDA graph")
+    p.add_argument("--compile-cells", action="store_true",
+                   help="fast path: compile the fused cells with torch.compile (first steps compile)")
     p.add_argument("--curvature-every", type=int,
                    help="measure the Hessian eigenvalue every this many epochs (default: the preset's)")
     p.add_argument("--select", help=f"{' | '.join(SELECTORS)} (default: argmax)")
@@ -96,6 +98,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         cfg.search.batched_mc = cfg.search.fused_cell = False
     if getattr(args, "no_cuda_graph", False):
         cfg.search.cuda_graph = False
+    if getattr(args, "compile_cells", False):
+        cfg.search.compile_cells = True
     return cfg.validate()
 
 
@@ -125,10 +129,11 @@ def _cmd_search(argv: Sequence[str]) -> int:
     _add_search(p)
     args = p.parse_args(argv)
     if args.resume:
-        keep = {"resume", "no_progress", "device", "preset", "download", "plain_path", "no_cuda_graph"}
+        keep = {"resume", "no_progress", "device", "preset", "download", "plain_path", "no_cuda_graph",
+                "compile_cells"}
         given = [k for k, v in vars(args).items()
                  if k not in keep and v is not None] + (["preset"] if args.preset != "default" else [])
-        if given or args.download or args.plain_path or args.no_cuda_graph:
+        if given or args.download or args.plain_path or args.no_cuda_graph or args.compile_cells:
             raise UserError("--resume continues with the run's stored settings; drop the other "
                             "options (only --device and --no-progress may change)")
         result = run_search(resume=args.resume, progress=not args.no_progress, device=args.device)

@@ -71,6 +71,11 @@ def _train_loss_alpha_grad(model: NB201Supernet, alpha: Tensor, batch: Batch) ->
     return torch.autograd.grad(loss, a)[0]
 
 
+def _uncompiled(model: nn.Module) -> contextlib.AbstractContextManager:
+    """Cells without torch.compile (double backward goes through eager code)."""
+    return model.uncompiled() if hasattr(model, "uncompiled") else contextlib.nullcontext()
+
+
 @torch.no_grad()
 def _add_(params: Sequence[Tensor], vecs: Sequence[Tensor], scale: float) -> None:
     for p, v in zip(params, vecs):
@@ -113,7 +118,8 @@ def hessian_vector_exact(model: NB201Supernet, alpha: Tensor, batch: Batch,
     """The same mixed second derivative as :func:`hessian_vector_fd`, by double backward."""
     a = alpha.detach().requires_grad_(True)
     weights = model.weight_parameters()
-    loss = F.cross_entropy(model(batch[0], a), batch[1])
+    with _uncompiled(model):
+        loss = F.cross_entropy(model(batch[0], a), batch[1])
     gw = torch.autograd.grad(loss, weights, create_graph=True)
     dot = sum((g * vi).sum() for g, vi in zip(gw, v))
     return torch.autograd.grad(dot, a)[0]
@@ -177,7 +183,8 @@ def dominant_hessian_eigenvalue(model: NB201Supernet, alpha: Tensor, batch: Batc
     the Rayleigh quotient of the last iterate (signed).
     """
     a = alpha.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(batch[0], a), batch[1])
+    with _uncompiled(model):
+        loss = F.cross_entropy(model(batch[0], a), batch[1])
     (g,) = torch.autograd.grad(loss, a, create_graph=True)
     v = torch.randn(a.shape, generator=generator, device=a.device, dtype=a.dtype)
     v = v / v.norm()
@@ -273,7 +280,9 @@ class BalenasUpdate:
 def build_supernet(cfg: RunConfig, num_classes: int, in_channels: int) -> NB201Supernet:
     """The supernet of ``cfg.space`` on ``cfg.device`` / ``cfg.dtype``."""
     return NB201Supernet(cfg.space.C, cfg.space.N, num_classes, in_channels,
-                         fused=cfg.search.fused_cell, device=torch.device(cfg.device),
+                         fused=cfg.search.fused_cell,
+                         compile_cells=cfg.search.fused_cell and cfg.search.compile_cells,
+                         device=torch.device(cfg.device),
                          dtype=getattr(torch, cfg.dtype))
 
 

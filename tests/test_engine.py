@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -105,6 +106,9 @@ def test_engine_rejects_what_it_does_not_implement(tmp_path) -> None:
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+compile_ok = pytest.mark.skipif(
+    not (torch.cuda.is_available() or os.environ.get("BAYESNAS_COMPILE_TESTS") == "1"),
+    reason="torch.compile on a CPU takes minutes; set BAYESNAS_COMPILE_TESTS=1 (or run on CUDA)")
 
 
 @cuda
@@ -162,3 +166,62 @@ def test_cuda_graph_search_matches_plain_path(tmp_path) -> None:
             results.append(search(cfg, data, progress=False))
     torch.testing.assert_close(results[0].mu, results[1].mu, rtol=0, atol=1e-4)
     torch.testing.assert_close(results[0].sigma, results[1].sigma, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.compile
+@compile_ok
+@pytest.mark.parametrize("device", ["cuda" if torch.cuda.is_available() else "cpu"])
+def test_compiled_cells_compute_the_same_function(tmp_path, device) -> None:
+    """torch.compile'd fused cells (inductor) give the eager fused cells' logits and
+    gradients (alpha and weights) to float32 round-off, for one alpha and for M=3; the
+    uncompiled() block restores eager cells for double backward."""
+    torch.manual_seed(0)
+    cfg = make_tiny_config(tmp_path)
+    cfg.device = device
+    eager = build_supernet(cfg, 4, 1)
+    compiled = type(eager)(C=4, N=1, num_classes=4, in_channels=1, fused=True, compile_cells=True,
+                           device=device)
+    compiled.load_state_dict(eager.state_dict())
+    x, y = torch.randn(16, 1, 8, 8, device=device), torch.randint(0, 4, (16,), device=device)
+    for alpha in (torch.randn(6, 5, device=device), torch.randn(3, 6, 5, device=device)):
+        grads = []
+        for net in (eager, compiled):
+            a = alpha.clone().requires_grad_(True)
+            out = net(x, a)
+            loss = torch.nn.functional.cross_entropy(out.reshape(-1, 4), y.repeat(out.numel() // 64))
+            grads.append([out.detach(), *torch.autograd.grad(loss, [a, *net.weight_parameters()])])
+        for g_eager, g_comp in zip(*grads):
+            torch.testing.assert_close(g_comp, g_eager, rtol=1e-4, atol=1e-5)
+    with compiled.uncompiled():
+        assert not compiled.compile_cells
+    assert compiled.compile_cells
+    with pytest.raises(ValueError, match="fused"):
+        type(eager)(C=4, N=1, compile_cells=True)
+
+
+@pytest.mark.compile
+@compile_ok
+@pytest.mark.parametrize("device", ["cuda" if torch.cuda.is_available() else "cpu"])
+def test_search_with_compiled_cells_matches_the_fast_path(tmp_path, device) -> None:
+    """The engine with compiled cells ends where the eager fast path does (mu, sigma to
+    1e-4, as the plain-path comparison), and the curvature diagnostic (double backward)
+    still runs."""
+    from bayesnas_core.search import search
+
+    from dataclasses import replace
+
+    from bayesnas_core.data import TensorSplit
+
+    data = make_tiny_data()
+    data = replace(data, **{k: TensorSplit(getattr(data, k).x.to(device), getattr(data, k).y.to(device))
+                            for k in ("train", "valid", "test")})
+    results = []
+    for comp in (True, False):
+        cfg = make_tiny_config(tmp_path, method="balenas", mc_samples=3)
+        cfg.device = device
+        cfg.search.compile_cells = comp
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            results.append(search(cfg, data, progress=False))
+    torch.testing.assert_close(results[0].mu, results[1].mu, rtol=0, atol=1e-4)
+    torch.testing.assert_close(results[0].sigma, results[1].sigma, rtol=1e-4, atol=1e-6)
+    assert all("hessian_eig" in m for m in results[0].metrics)

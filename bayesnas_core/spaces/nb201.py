@@ -12,10 +12,12 @@ global average pooling and a linear classifier.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -257,6 +259,18 @@ def _mixing_matrices(weights: Tensor, index: Sequence[Tensor]) -> list[Tensor]:
     return [flat[:, idx] for idx in index]
 
 
+def _cell_forward(cell: "_SearchCell", h: Tensor, mix: Sequence[Tensor]) -> Tensor:
+    return cell.forward_folded(h, mix)
+
+
+@functools.cache
+def _compiled_cell_forward() -> Callable[..., Tensor]:
+    """:func:`_cell_forward` through ``torch.compile`` (inductor fuses BN, pooling, the
+    mixing and the sums around the convolutions). Built once per process; every cell of
+    one shape shares a graph, because their parameters are graph inputs."""
+    return torch.compile(_cell_forward, dynamic=False)
+
+
 def _bn_folded(bn: nn.BatchNorm2d, y: Tensor, M: int) -> Tensor:
     """BatchNorm of ``y`` ``[B * M, C, H, W]`` (sample-minor) with per-sample statistics."""
     BM, C, H, W = y.shape
@@ -344,14 +358,19 @@ class NB201Supernet(nn.Module):
     ``track_running_stats=False`` (the default) BN always uses batch statistics.
     ``fused=True`` computes the same function with fewer, larger kernels (the fast path):
     the M samples are folded into the batch instead of vmapped, and the edges of a node
-    share one convolution, one BatchNorm and one mixing matmul. Parameters and
-    ``state_dict`` are the same either way.
+    share one convolution, one BatchNorm and one mixing matmul. ``compile_cells=True``
+    runs those fused cells through ``torch.compile``. Parameters and ``state_dict`` are
+    the same either way.
     """
 
     def __init__(self, C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3, *,
                  affine: bool = False, track_running_stats: bool = False, fused: bool = False,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+                 compile_cells: bool = False, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if compile_cells and not fused:
+            raise ValueError("compile_cells needs fused=True")
+        self.compile_cells = compile_cells
         dd = {"device": device, "dtype": dtype}
         bn = {"affine": affine, "track_running_stats": track_running_stats}
         self.C, self.N, self.num_classes = C, N, num_classes
@@ -382,8 +401,9 @@ class NB201Supernet(nn.Module):
         mix = _mixing_matrices(weights, [getattr(self, f"_mix_index_{j}") for j in range(3)])
         h = self.net.stem(x)  # the same for every sample
         h = h.unsqueeze(1).expand(h.shape[0], M, *h.shape[1:])
+        cell_forward = _compiled_cell_forward() if self.compile_cells else _cell_forward
         for cell in self.net.cells:
-            h = _resblock_folded(cell, h) if isinstance(cell, ResNetBasicblock) else cell.forward_folded(h, mix)
+            h = _resblock_folded(cell, h) if isinstance(cell, ResNetBasicblock) else cell_forward(cell, h, mix)
         B, _, C, H, W = h.shape
         bn, relu = self.net.lastact
         h = relu(_bn_folded(bn, h.reshape(B * M, C, H, W), M))
@@ -401,6 +421,16 @@ class NB201Supernet(nn.Module):
         if weights.dim() == 2:
             return self._forward(x, weights)
         return torch.func.vmap(self._forward, in_dims=(None, 0))(x, weights)
+
+    @contextlib.contextmanager
+    def uncompiled(self) -> Iterator["NB201Supernet"]:
+        """Evaluate cells without ``torch.compile`` inside the block (compiled graphs do not
+        support double backward, which Hessian products need)."""
+        saved, self.compile_cells = self.compile_cells, False
+        try:
+            yield self
+        finally:
+            self.compile_cells = saved
 
     def genotype(self, alpha: Tensor | None = None) -> Arch:
         """The argmax cell of ``alpha`` (default: the supernet's own)."""
