@@ -8,6 +8,8 @@ drawn and augmented as in a search) on three paths, side by side, in one process
 - ``fast``: :class:`~bayesnas_core.engine.StepEngine` run eagerly (folded cells, the M
   samples in one batched pass, statistics kept on the device);
 - ``graph``: the same engine replayed as one CUDA graph per step (CUDA only);
+- ``graph-conv`` (opt-in): ``graph`` with ``cell_impl="conv"`` (1x1 and 3x3 convolutions
+  apart, cuDNN BatchNorm, the mixing as a grouped 1x1 convolution; CUDA only);
 - ``compiled`` (opt-in): ``graph`` with the fused cells through ``torch.compile``
   (eager engine on a CPU); its first step includes the compilation.
 
@@ -38,7 +40,7 @@ from .search import build_arch_update, build_supernet, search_step
 
 __all__ = ["PATHS", "DEFAULT_PATHS", "make_step", "time_path", "run_benchmark", "main"]
 
-PATHS = ("plain", "fast", "graph", "compiled")
+PATHS = ("plain", "fast", "graph", "graph-conv", "compiled")
 DEFAULT_PATHS = ("plain", "fast", "graph")
 
 
@@ -59,6 +61,8 @@ def make_step(cfg: RunConfig, path: str, *, num_classes: int, in_channels: int, 
     fast = path != "plain"
     cfg.search.batched_mc = cfg.search.fused_cell = fast
     cfg.search.compile_cells = path == "compiled"
+    if path == "graph-conv":
+        cfg.search.cell_impl = "conv"
     seed_everything(cfg.seed)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     shape = (train_size, in_channels, image_size, image_size)
@@ -75,7 +79,7 @@ def make_step(cfg: RunConfig, path: str, *, num_classes: int, in_channels: int, 
     arch = build_arch_update(cfg, model, train_size, torch.Generator(device=device).manual_seed(cfg.seed))
     if fast:
         engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=s.grad_clip,
-                            cuda_graph=path in ("graph", "compiled") and device.type == "cuda")
+                            cuda_graph=path in ("graph", "graph-conv", "compiled") and device.type == "cuda")
         return lambda: engine.step(next(train), next(valid))
     return lambda: search_step(model, w_opt, arch, next(train), next(valid), grad_clip=s.grad_clip)
 
@@ -113,7 +117,7 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
     ``plain_steps`` (default ``steps``) times the slow baseline with fewer steps;
     ``on_row(report)`` receives the report so far after every row (to save it as it grows)."""
     device = torch.device(cfg.device)
-    paths = [p for p in paths if p != "graph" or device.type == "cuda"]
+    paths = [p for p in paths if p not in ("graph", "graph-conv") or device.type == "cuda"]
     steps_per_epoch = train_size // cfg.data.batch_size
     cases = [("darts", 1)] + [("balenas", m) for m in mcs]
     rows: list[dict[str, Any]] = []

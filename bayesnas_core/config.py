@@ -79,6 +79,7 @@ class SearchConfig:
     fused_cell: bool = True  # edges leaving a node share one ReLU, convolution and pooling
     cuda_graph: bool = True  # on CUDA, replay the whole fast step as one CUDA graph
     compile_cells: bool = False  # fast path: torch.compile the fused cells (opt-in)
+    cell_impl: str = "matmul"  # fast path: how fused cells compute (matmul | conv), same function
     unrolled_eps: float = 0.01  # finite-difference radius: eps / ||v||
     curvature_iters: int = 8  # power iterations for the Hessian eigenvalue (0: off)
     curvature_every: int = 1  # measure it every this many epochs (and at the last epoch)
@@ -131,6 +132,8 @@ class RunConfig:
             )
         if self.select.samples < 1:
             raise UserError(f"--select-samples must be at least 1, got {self.select.samples}")
+        if s.cell_impl not in ("matmul", "conv"):
+            raise UserError(f"unknown cell implementation {s.cell_impl!r}; use --cell-impl matmul or conv")
         if self.space.name != "nb201":
             raise UserError(f"unknown search space {self.space.name!r}; use nb201")
         if self.dtype not in ("float32", "float64"):

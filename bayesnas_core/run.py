@@ -63,6 +63,8 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    help="run the fast path eagerly on CUDA instead of replaying a CUDA graph")
     p.add_argument("--compile-cells", action="store_true",
                    help="fast path: compile the fused cells with torch.compile (first steps compile)")
+    p.add_argument("--cell-impl", help="fast path: matmul (default) or conv, the same function computed "
+                   "with other kernels")
     p.add_argument("--curvature-every", type=int,
                    help="measure the Hessian eigenvalue every this many epochs (default: the preset's)")
     p.add_argument("--select", help=f"{' | '.join(SELECTORS)} (default: argmax)")
@@ -85,7 +87,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         "space": (cfg.space, {"C": "C", "N": "N"}),
         "search": (cfg.search, {"method": "method", "order": "order", "mc_samples": "mc_samples",
                                 "epochs": "epochs", "a_lr": "a_lr", "w_lr": "w_lr",
-                                "curvature_every": "curvature_every"}),
+                                "curvature_every": "curvature_every", "cell_impl": "cell_impl"}),
         "select": (cfg.select, {"select": "method", "select_samples": "samples"}),
     }
     for obj, mapping in sections.values():

@@ -282,6 +282,7 @@ def build_supernet(cfg: RunConfig, num_classes: int, in_channels: int) -> NB201S
     return NB201Supernet(cfg.space.C, cfg.space.N, num_classes, in_channels,
                          fused=cfg.search.fused_cell,
                          compile_cells=cfg.search.fused_cell and cfg.search.compile_cells,
+                         cell_impl=cfg.search.cell_impl,
                          device=torch.device(cfg.device),
                          dtype=getattr(torch, cfg.dtype))
 

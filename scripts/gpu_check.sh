@@ -9,12 +9,12 @@
 # 1. checks.log: the GPU, versions, and the CUDA tests (graph replay == eager engine,
 #    graph search == plain path, compiled cells == eager cells)
 # 2. bench-cuda-*.json, bench.log: the speed benchmark at paper settings (NB201 C=16, N=5,
-#    batch 64, 25k/25k): plain, fast, graph and compiled paths side by side in one process
+#    batch 64, 25k/25k): plain, fast, graph, graph-conv and compiled side by side in one process
 # 3. run-*.tgz, runs.log: full-scale searches on the full Fashion-MNIST training set
 #    (fmnist-paper preset), seed 0, one after another while time is left: first the runs
 #    carried in RESUME_DIR (default .carry/resume, each a run directory with its
 #    checkpoint, resumed with --resume), then BaLeNAS M=3, DARTS, BaLeNAS M=1. The searches
-#    use the faster of graph and compiled (from the bench). Each run comes back whole,
+#    use the fastest of graph, graph-conv and compiled (from the bench). Each run comes back whole,
 #    checkpoint included, so an unfinished one can be carried in RESUME_DIR next time.
 #
 # On the lent device machine (carry the four Fashion-MNIST .gz files in an ignored folder):
@@ -25,11 +25,11 @@
 #
 # Environment overrides, for a dry run on a CPU: DEVICE (default cuda), BENCH_ARGS (default
 # "--preset nb201-paper --steps 100 --plain-steps 5 --warmup 3 --paths plain fast graph
-# compiled"), RUN_ARGS (extra search flags), RESUME_DIR.
+# graph-conv compiled"), RUN_ARGS (extra search flags), RESUME_DIR.
 set -uo pipefail
 out=${1:?OUT_DIR}; root=${2:?FMNIST_ROOT}; budget=${3:-540}; epochs=${4:-50}
 device=${DEVICE:-cuda}
-bench_args=${BENCH_ARGS:---preset nb201-paper --steps 100 --plain-steps 5 --warmup 3 --paths plain fast graph compiled}
+bench_args=${BENCH_ARGS:---preset nb201-paper --steps 100 --plain-steps 5 --warmup 3 --paths plain fast graph graph-conv compiled}
 run_args=${RUN_ARGS:-}
 resume_dir=${RESUME_DIR:-.carry/resume}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -56,15 +56,16 @@ fi
 # shellcheck disable=SC2086
 timeout "$(cap 200)" python3 -m bayesnas_core.bench --device "$device" $bench_args --mc 1 3 \
     --out "$out" 2>&1 | tee "$out/bench.log"
-# the faster working fast path for the searches (M=3 row): graph unless compiled beat it
+# the fastest working fast path for the searches (from the M=3 rows)
 choice=$(python3 - "$out" <<'PY'
 import glob, json, sys
 rows = [r for f in glob.glob(sys.argv[1] + "/bench-*.json") for r in json.load(open(f))["rows"]]
 ms = {r["path"]: r["ms_per_step"] for r in rows if r.get("mc_samples") == 3 and "error" not in r}
-print("compiled" if "compiled" in ms and ms["compiled"] < ms.get("graph", float("inf")) else "graph")
+print(min((p for p in ("graph", "graph-conv", "compiled") if p in ms), key=ms.get, default="graph"))
 PY
 )
 [ "$choice" = compiled ] && run_args="$run_args --compile-cells"
+[ "$choice" = graph-conv ] && run_args="$run_args --cell-impl conv"
 echo "searches use the $choice path" | tee -a "$out/runs.log"
 
 one_run() {  # $1: label, rest: arguments of bayesnas_core.run

@@ -144,7 +144,8 @@ def test_cuda_graph_replay_equals_eager_engine(tmp_path, method) -> None:
 
 
 @cuda
-def test_cuda_graph_search_matches_plain_path(tmp_path) -> None:
+@pytest.mark.parametrize("cell_impl", ["matmul", "conv"])
+def test_cuda_graph_search_matches_plain_path(tmp_path, cell_impl) -> None:
     """A short BaLeNAS search on CUDA: the graph-replayed fast path ends with the plain
     path's mu and sigma (same tolerance as the CPU test), with TF32 off."""
     from dataclasses import replace
@@ -155,7 +156,7 @@ def test_cuda_graph_search_matches_plain_path(tmp_path) -> None:
     results = []
     for fast in (True, False):
         cfg = make_tiny_config(tmp_path, method="balenas", mc_samples=3, batched_mc=fast,
-                               fused_cell=fast)
+                               fused_cell=fast, cell_impl=cell_impl)
         cfg.device = "cuda"
         data = make_tiny_data()
         data = replace(data, **{k: TensorSplit(getattr(data, k).x.cuda(), getattr(data, k).y.cuda())

@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 MAX_NODES = 4
+#: implementations of the fused cell (see :meth:`_SearchCell.forward_folded`)
+CELL_IMPLS = ("matmul", "conv")
 #: (to_node, from_node) for each edge, in NB201 order.
 EDGES: tuple[tuple[int, int], ...] = tuple((i, j) for i in range(1, MAX_NODES) for j in range(i))
 NUM_EDGES = len(EDGES)
@@ -194,17 +196,24 @@ class _SearchCell(nn.Module):
             nodes.append(s)
         return nodes[-1]
 
-    def forward_folded(self, h: Tensor, mix: Sequence[Tensor]) -> Tensor:
+    def forward_folded(self, h: Tensor, mix: Sequence[Tensor], impl: str = "matmul") -> Tensor:
         """The fused cell on ``[B, M, C, H, W]`` (M alpha samples folded into the batch).
 
-        Edges leaving node ``j`` share its ReLU, one convolution and one pooling: the
-        1x1 and 3x3 kernels of all its out-edges run as one 3x3 convolution (each 1x1
-        kernel zero-padded, so it gets gradient only at its centre), then one
-        BatchNorm whose channels are ``(sample, conv channel)``, so every sample keeps
-        its own batch statistics. The mixing of all out-edges is one matmul of the
-        candidates ``[node, pool, conv1x1 ..., conv3x3 ...]`` with ``mix[j]``
+        Edges leaving node ``j`` share its ReLU and one pooling, and their convolutions
+        run together; BatchNorm channels are ``(sample, conv channel)``, so every sample
+        keeps its own batch statistics. The mixing of all out-edges is one linear map
+        of the candidates ``[node, pool, conv1x1 ..., conv3x3 ...]`` by ``mix[j]``
         (``[M, k, 2 + 2k]``, from :func:`_mixing_matrices`); ``none`` adds exactly zero.
+
+        ``impl="matmul"``: the 1x1 and 3x3 kernels run as one 3x3 convolution (each 1x1
+        kernel zero-padded, so it gets gradient only at its centre), one BatchNorm, and
+        the mixing is a batched matmul. ``impl="conv"``: a 1x1 and a 3x3 convolution,
+        BatchNorm through cuDNN (unit scale and zero shift given, which cuDNN needs),
+        and the mixing as a grouped 1x1 convolution with weights ``mix[j] (x) I_C``.
+        Both compute the same function.
         """
+        if impl not in CELL_IMPLS:
+            raise ValueError(f"unknown cell implementation {impl!r}; use one of {CELL_IMPLS}")
         B, M, C, H, W = h.shape
         terms: list[list[Tensor]] = [[] for _ in range(MAX_NODES)]
         node = h
@@ -213,15 +222,32 @@ class _SearchCell(nn.Module):
             k = len(out_edges)
             flat = node.reshape(B * M, C, H, W)
             ops = [self.edges[e].ops for e in out_edges]
-            kernel = torch.cat([F.pad(o[2].op[1].weight, (1, 1, 1, 1)) for o in ops]
-                               + [o[3].op[1].weight for o in ops])
-            conv = F.conv2d(F.relu(flat), kernel, padding=1)
-            conv = F.batch_norm(conv.view(B, M * 2 * k * C, H, W), None, None, training=True,
-                                momentum=0.0, eps=ops[0][3].op[2].eps)
+            eps = ops[0][3].op[2].eps
             pooled = ops[0][4](flat)
-            cand = torch.cat([node.reshape(B, M, C, H * W), pooled.view(B, M, C, H * W),
-                              conv.view(B, M, 2 * k * C, H * W)], dim=2)
-            out = torch.matmul(mix[j], cand.view(B, M, 2 + 2 * k, C * H * W))  # [B, M, k, CHW]
+            if impl == "matmul":
+                kernel = torch.cat([F.pad(o[2].op[1].weight, (1, 1, 1, 1)) for o in ops]
+                                   + [o[3].op[1].weight for o in ops])
+                conv = F.conv2d(F.relu(flat), kernel, padding=1)
+                conv = F.batch_norm(conv.view(B, M * 2 * k * C, H, W), None, None, training=True,
+                                    momentum=0.0, eps=eps)
+                cand = torch.cat([node.reshape(B, M, C, H * W), pooled.view(B, M, C, H * W),
+                                  conv.view(B, M, 2 * k * C, H * W)], dim=2)
+                out = torch.matmul(mix[j], cand.view(B, M, 2 + 2 * k, C * H * W))  # [B, M, k, CHW]
+            else:
+                r = F.relu(flat)
+                convs = [F.conv2d(r, torch.cat([o[2].op[1].weight for o in ops])),
+                         F.conv2d(r, torch.cat([o[3].op[1].weight for o in ops]), padding=1)]
+                ones = flat.new_ones(M * k * C)
+                zeros = flat.new_zeros(M * k * C)
+                convs = [F.batch_norm(c.view(B, M * k * C, H, W), None, None, ones, zeros,
+                                      training=True, momentum=0.0, eps=eps).view(B, M, k * C, H * W)
+                         for c in convs]
+                cand = torch.cat([node.reshape(B, M, C, H * W), pooled.view(B, M, C, H * W), *convs],
+                                 dim=2)
+                eye = torch.eye(C, device=h.device, dtype=h.dtype)
+                weight = (mix[j][:, :, None, :, None] * eye[:, None, :]).reshape(M * k * C, -1, 1, 1)
+                out = F.conv2d(cand.view(B, M * (2 + 2 * k) * C, H, W), weight, groups=M)
+                out = out.view(B, M, k, C * H * W)
             for n in range(k):
                 terms[j + 1 + n].append(out[:, :, n])
             parts = terms[j + 1]
@@ -259,8 +285,8 @@ def _mixing_matrices(weights: Tensor, index: Sequence[Tensor]) -> list[Tensor]:
     return [flat[:, idx] for idx in index]
 
 
-def _cell_forward(cell: "_SearchCell", h: Tensor, mix: Sequence[Tensor]) -> Tensor:
-    return cell.forward_folded(h, mix)
+def _cell_forward(cell: "_SearchCell", h: Tensor, mix: Sequence[Tensor], impl: str) -> Tensor:
+    return cell.forward_folded(h, mix, impl)
 
 
 @functools.cache
@@ -359,18 +385,21 @@ class NB201Supernet(nn.Module):
     ``fused=True`` computes the same function with fewer, larger kernels (the fast path):
     the M samples are folded into the batch instead of vmapped, and the edges of a node
     share one convolution, one BatchNorm and one mixing matmul. ``compile_cells=True``
-    runs those fused cells through ``torch.compile``. Parameters and ``state_dict`` are
+    runs those fused cells through ``torch.compile``; ``cell_impl`` picks how they are
+    computed (:data:`CELL_IMPLS`). Parameters and ``state_dict`` are
     the same either way.
     """
 
     def __init__(self, C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3, *,
                  affine: bool = False, track_running_stats: bool = False, fused: bool = False,
-                 compile_cells: bool = False, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 compile_cells: bool = False, cell_impl: str = "matmul",
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if compile_cells and not fused:
             raise ValueError("compile_cells needs fused=True")
-        self.compile_cells = compile_cells
+        if cell_impl not in CELL_IMPLS:
+            raise ValueError(f"unknown cell implementation {cell_impl!r}; use one of {CELL_IMPLS}")
+        self.compile_cells, self.cell_impl = compile_cells, cell_impl
         dd = {"device": device, "dtype": dtype}
         bn = {"affine": affine, "track_running_stats": track_running_stats}
         self.C, self.N, self.num_classes = C, N, num_classes
@@ -403,7 +432,10 @@ class NB201Supernet(nn.Module):
         h = h.unsqueeze(1).expand(h.shape[0], M, *h.shape[1:])
         cell_forward = _compiled_cell_forward() if self.compile_cells else _cell_forward
         for cell in self.net.cells:
-            h = _resblock_folded(cell, h) if isinstance(cell, ResNetBasicblock) else cell_forward(cell, h, mix)
+            if isinstance(cell, ResNetBasicblock):
+                h = _resblock_folded(cell, h)
+            else:
+                h = cell_forward(cell, h, mix, self.cell_impl)
         B, _, C, H, W = h.shape
         bn, relu = self.net.lastact
         h = relu(_bn_folded(bn, h.reshape(B * M, C, H, W), M))
