@@ -416,7 +416,8 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
         if engine is not None:  # the fast path: statistics stay on the device
             for step, (tb, vb) in enumerate(steps):
                 engine.step(tb, vb)
-                if not engine.cuda_graph and not engine.last_finite():
+                if device.type == "cpu" and not engine.last_finite():  # free on a CPU; on CUDA
+                    # a per-step check would sync every step, so it waits for the epoch's end
                     raise stop(f"at epoch {epoch + 1} step {step + 1}")
             sums = engine.epoch_stats()
             engine.sync_state()
