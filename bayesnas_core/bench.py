@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -38,10 +39,38 @@ from .paths import assets_dir
 from .runs import atomic_write_json, environment_info, seed_everything
 from .search import build_arch_update, build_supernet, search_step
 
-__all__ = ["PATHS", "DEFAULT_PATHS", "make_step", "time_path", "run_benchmark", "main"]
+__all__ = ["PATHS", "DEFAULT_PATHS", "load_reports", "report_lines", "make_step", "time_path", "run_benchmark", "main"]
 
 PATHS = ("plain", "fast", "graph", "graph-conv", "compiled")
 DEFAULT_PATHS = ("plain", "fast", "graph")
+
+
+def load_reports(folder: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every benchmark JSON in ``folder`` (default ``assets/bench``), oldest first, each with
+    its file name under ``"file"``."""
+    folder = Path(folder) if folder is not None else assets_dir() / "bench"
+    reports = []
+    for path in sorted(folder.glob("bench-*.json")):
+        rep = json.loads(path.read_text())
+        rep["file"] = path.name
+        reports.append(rep)
+    return reports
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """One readable line per row: method, M, path, ms per step, projected minutes, speedup."""
+    epochs = report["config"]["epochs"]
+    lines = [f"{report.get('file', 'report')}: {report['env'].get('device')}, torch "
+             f"{report['env'].get('torch')}, preset {report['config']['preset']}"]
+    for r in report["rows"]:
+        m = "" if r.get("mc_samples") is None else f"M={r['mc_samples']}"
+        if "error" in r:
+            lines.append(f"  {r['method']:8s} {m:4s} {r['path']:10s} failed: {r['error']}")
+            continue
+        speed = next((v for k, v in r.items() if k.startswith("speedup_vs_")), 1.0)
+        lines.append(f"  {r['method']:8s} {m:4s} {r['path']:10s} {r['ms_per_step']:8.1f} ms/step "
+                     f"{r[f'projected_min_{epochs}_epochs']:7.1f} min/{epochs} epochs  x{speed:.1f}")
+    return lines
 
 
 def _sync(device: torch.device) -> None:

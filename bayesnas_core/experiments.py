@@ -568,6 +568,17 @@ def load_result(name: str) -> Any:
     return json.loads(path.read_text())
 
 
+def load_run_metrics(name: str) -> list[dict[str, Any]]:
+    """A shipped run's per-epoch records (``metrics.jsonl``), by its folder relative to
+    ``assets/results`` (e.g. ``"full-scale/partial/<run>"``)."""
+    from .paths import assets_dir
+
+    path = assets_dir() / "results" / name / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path} is missing; it is made by the command in the README's results section")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def export_runs(run_dirs: list[str | Path], dest: str | Path) -> dict[str, Any]:
     """Copy finished runs' records (no checkpoints) to ``dest`` and write ``summary.json``.
 

@@ -27,6 +27,7 @@ __all__ = [
     "proxy_scatter",
     "proxy_study_figure",
     "ablation_bars",
+    "bench_bars",
 ]
 
 EDGE_LABELS = [f"{i}←{j}" for i, j in EDGES]
@@ -170,3 +171,36 @@ def ablation_bars(table: dict[str, Any], metric: str = "cifar10_test", *,
     ax.set_xlabel(f"{metric} (%)")
     ax.set_title(table.get("title", ""), fontsize=9)
     return ax
+
+
+def bench_bars(report: dict[str, Any], *, goals: dict[str, float] | None = None,
+               ax: Axes | None = None) -> Axes:
+    """Projected minutes for the report's epochs (log scale), one bar per benchmark row,
+    grouped by method; ``goals`` (``{"darts": 3.0, "balenas M=3": 5.0}``) draws targets."""
+    ax = ax if ax is not None else new_axes((6.0, 3.8))
+    epochs = report["config"]["epochs"]
+    key = f"projected_min_{epochs}_epochs"
+    rows = [r for r in report["rows"] if key in r]
+    labels = [f"{bench_label(r)}: {r['path']}" for r in rows]
+    colors = {"plain": "tab:gray", "fast": "tab:blue", "graph": "tab:green",
+              "graph-conv": "tab:olive", "compiled": "tab:purple"}
+    ax.barh(range(len(rows)), [r[key] for r in rows], color=[colors.get(r["path"], "tab:red") for r in rows])
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel(f"projected minutes for {epochs} epochs")
+    for goal_label, minutes in (goals or {}).items():
+        idx = [i for i, r in enumerate(rows) if bench_label(r) == goal_label]
+        if idx:
+            ax.vlines(minutes, min(idx) - 0.4, max(idx) + 0.4, colors="tab:red", linestyles="--")
+            ax.text(minutes, min(idx) - 0.45, f" goal {minutes:g} min", color="tab:red", fontsize=7,
+                    va="bottom")
+    env = report.get("env", {})
+    ax.set_title(f"{env.get('device', '?')}, torch {env.get('torch', '?')}, preset "
+                 f"{report['config'].get('preset', '?')}", fontsize=9)
+    return ax
+
+
+def bench_label(row: dict[str, Any]) -> str:
+    """``darts`` or ``balenas M=k`` for a benchmark row."""
+    return row["method"] if row.get("mc_samples") is None else f"{row['method']} M={row['mc_samples']}"

@@ -31,3 +31,24 @@ def test_bench_refuses_unknown_path(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown path 'turbo'" in err
     assert not list(tmp_path.iterdir())
+
+
+def test_shipped_reports_load_and_read(tmp_path) -> None:
+    """The shipped benchmark JSONs load; every row becomes a line; the figure has one bar
+    per row and a goal marker where a goal's row exists."""
+    from bayesnas_core import viz
+
+    reports = bench.load_reports()
+    assert any(r["config"]["device"] == "cuda" for r in reports)
+    assert any(r["config"]["device"] == "cpu" for r in reports)
+    for rep in reports:
+        lines = bench.report_lines(rep)
+        assert len(lines) == 1 + len(rep["rows"]) and rep["file"] in lines[0]
+        ax = viz.bench_bars(rep, goals={"darts": 3.0, "balenas M=3": 5.0})
+        assert len(ax.patches) == len([r for r in rep["rows"] if "error" not in r])
+        assert len(ax.collections) == 2  # both goals have rows in every shipped report
+    (tmp_path / "bench-x.json").write_text(json.dumps({
+        "config": {"epochs": 50, "preset": "p"}, "env": {"device": "d", "torch": "t"},
+        "rows": [{"method": "darts", "mc_samples": None, "path": "graph", "error": "boom"}]}))
+    (rep,) = bench.load_reports(tmp_path)
+    assert bench.report_lines(rep)[1].endswith("failed: boom")

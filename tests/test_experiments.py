@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bayesnas_core.experiments import mean_std, rank_correlations, table_markdown
+from bayesnas_core.errors import UserError
 from bayesnas_core.run import main
 
 SMOKE = ["--preset", "lesson", "--epochs", "1", "--limit", "64", "--batch-size", "32",
@@ -99,3 +100,15 @@ def test_ledger_refuses_other_settings(tmp_path) -> None:
     assert main(args) == 0
     args[args.index("--net-channels") + 1] = "8"
     assert main(args) == 2
+
+
+def test_load_run_metrics_reads_the_shipped_partial_run() -> None:
+    from bayesnas_core.experiments import load_run_metrics
+    from bayesnas_core.paths import assets_dir
+
+    (run,) = sorted((assets_dir() / "results" / "full-scale" / "partial").glob("*/metrics.jsonl"))
+    records = load_run_metrics(str(run.parent.relative_to(assets_dir() / "results")))
+    assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))
+    assert all("valid_acc" in r and "wall_time_s" in r for r in records)
+    with pytest.raises(UserError, match="missing"):
+        load_run_metrics("full-scale/no-such-run")
