@@ -148,7 +148,7 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
     device = torch.device(cfg.device)
     paths = [p for p in paths if p not in ("graph", "graph-conv") or device.type == "cuda"]
     steps_per_epoch = train_size // cfg.data.batch_size
-    cases = [("darts", 1)] + [("balenas", m) for m in mcs]
+    cases = [("balenas", m) for m in mcs] + [("darts", 1)]
     rows: list[dict[str, Any]] = []
     report = {"config": {"preset": cfg.preset, "device": cfg.device, "C": cfg.space.C,
                          "N": cfg.space.N, "batch_size": cfg.data.batch_size,
@@ -182,9 +182,11 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
                    "ms_per_step": ms, "s_per_epoch": ms * steps_per_epoch / 1000,
                    f"projected_min_{epochs}_epochs": ms * steps_per_epoch * epochs / 60_000,
                    "first_step_s": t["first_step_s"], "steps_timed": n}
-            base = next((r for r in rows if r["method"] == method and r["path"] == paths[0]
-                         and r["mc_samples"] == row["mc_samples"] and "error" not in r), row)
-            row[f"speedup_vs_{paths[0]}"] = base["ms_per_step"] / ms
+            base = row if path == paths[0] else next(
+                (r for r in rows if r["method"] == method and r["path"] == paths[0]
+                 and r["mc_samples"] == row["mc_samples"] and "error" not in r), None)
+            if base is not None:  # no speedup against a baseline that failed
+                row[f"speedup_vs_{paths[0]}"] = base["ms_per_step"] / ms
             rows.append(row)
             if on_row is not None:
                 on_row(report)

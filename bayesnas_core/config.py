@@ -25,6 +25,8 @@ __all__ = [
     "METHODS",
     "SELECTORS",
     "check_device",
+    "SPEED_ONLY_FIELDS",
+    "search_settings",
 ]
 
 METHODS = ("darts", "balenas")
@@ -247,6 +249,16 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
                 value.a_betas = tuple(value.a_betas)  # JSON turns tuples into lists
         kwargs[key] = value
     return RunConfig(**kwargs)
+
+
+#: SearchConfig fields that choose how a step is computed, not what it computes: a run may
+#: be resumed with other values
+SPEED_ONLY_FIELDS = ("batched_mc", "fused_cell", "cuda_graph", "compile_cells", "cell_impl")
+
+
+def search_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The search settings that define a run's result (all but :data:`SPEED_ONLY_FIELDS`)."""
+    return {k: v for k, v in asdict(cfg.search).items() if k not in SPEED_ONLY_FIELDS}
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -18,6 +18,8 @@ once in a ``torch.cuda.CUDAGraph`` and then replayed, one launch per step. Batch
 the Monte-Carlo noise are drawn outside the graph, exactly as the plain path draws them,
 and copied into static buffers.
 
+It is the same step up to floating-point round-off (summation order, and ``p - lr * g``
+where torch fuses ``p.add_(g, alpha=-lr)``): ``tests/test_engine.py`` checks 1e-9 in float64.
 Only first-order steps are supported; the unrolled (second-order) gradient stays on the
 plain path.
 """
@@ -60,7 +62,8 @@ class StepEngine:
         if len(w_opt.param_groups) != 1 or len(a_opt.param_groups) != 1:
             raise ValueError("StepEngine supports one parameter group per optimizer")
         self.alpha = model.alpha
-        if list(a_opt.param_groups[0]["params"]) != [self.alpha]:
+        held = a_opt.param_groups[0]["params"]
+        if len(held) != 1 or held[0] is not self.alpha:
             raise ValueError("the architecture optimizer must hold exactly model.alpha")
         self.device = self.alpha.device
         if cuda_graph and self.device.type != "cuda":
@@ -107,6 +110,8 @@ class StepEngine:
         # bias corrections in float64, as torch.optim computes them from a Python number
         self.a_step = torch.tensor(step, device=self.device, dtype=torch.float64)
 
+        self._frozen = self._hyperparameters()  # a graph keeps them; only the weight lr may move
+
         self.sums = torch.zeros(len(STAT_NAMES), device=self.device, dtype=torch.float64)
         self.last = torch.zeros(len(STAT_NAMES), device=self.device, dtype=torch.float64)
         self.steps = 0
@@ -114,16 +119,24 @@ class StepEngine:
 
     # ------------------------------------------------------------------ public
     def step(self, train_batch: tuple[Tensor, Tensor], val_batch: tuple[Tensor, Tensor]) -> None:
-        """One search step on these batches; statistics stay on the device."""
+        """One search step on these batches; statistics stay on the device.
+
+        The weight learning rate is re-read every step (a scheduler may move it); every
+        other hyperparameter is fixed when the engine is built, and changing one raises.
+        """
+        if self._hyperparameters() != self._frozen:
+            raise ValueError("StepEngine: an optimizer hyperparameter other than the weight lr "
+                             "changed; build a new engine")
         lr = float(self.w_opt.param_groups[0]["lr"])
         if lr != self._lr_value:  # the scheduler moved it: one small fill, no sync
             self.lr.fill_(lr)
             self._lr_value = lr
         self._load(train_batch, val_batch)
         if self.cuda_graph:
-            if self.graph is None:
-                self._capture()
-            self.graph.replay()
+            with torch.cuda.device(self.device):
+                if self.graph is None:
+                    self._capture()
+                self.graph.replay()
         else:
             self._compute()
         self.steps += 1
@@ -148,6 +161,11 @@ class StepEngine:
         st["step"] = t if self.bayesian else torch.tensor(float(t))
 
     # ------------------------------------------------------------------ internals
+    def _hyperparameters(self) -> tuple:
+        w = {k: v for k, v in self.w_opt.param_groups[0].items() if k not in ("params", "lr")}
+        a = {k: v for k, v in self.a_opt.param_groups[0].items() if k != "params"}
+        return (sorted(w.items(), key=str), sorted(a.items(), key=str), self.grad_clip)
+
     def _load(self, train_batch: tuple[Tensor, Tensor], val_batch: tuple[Tensor, Tensor]) -> None:
         tensors = {"tx": train_batch[0], "ty": train_batch[1], "vx": val_batch[0], "vy": val_batch[1]}
         if self.bayesian:
@@ -164,26 +182,32 @@ class StepEngine:
                 buf.copy_(t)
 
     def _state_tensors(self) -> list[Tensor]:
-        return [*self.weights, self.alpha, *self.momentum_buffers, self.exp_avg, self.exp_avg_sq,
-                self.a_step, self.sums, self.last]
+        """Everything a step mutates (buffers too, e.g. BN running statistics)."""
+        return [*self.weights, self.alpha, *self.model.buffers(), *self.momentum_buffers,
+                self.exp_avg, self.exp_avg_sq, self.a_step, self.sums, self.last]
 
     def _capture(self) -> None:
-        """Warm up on a side stream (cuDNN picks its kernels), undo the warm-up's updates,
-        then capture one step."""
+        """Warm up on a side stream (cuDNN picks its kernels), undo the warm-up's updates
+        (also when it fails), then capture one step."""
         state = self._state_tensors()
         saved = [t.detach().clone() for t in state]
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        # cuDNN times its algorithms during the warm-up; the capture keeps the choice
-        with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False,
+        deterministic = torch.backends.cudnn.deterministic
+        # cuDNN times its algorithms during the warm-up (unless determinism was asked for);
+        # the capture keeps the choice; TF32 and determinism stay as the caller set them
+        with torch.backends.cudnn.flags(enabled=True, benchmark=not deterministic,
+                                        deterministic=deterministic,
                                         allow_tf32=torch.backends.cudnn.allow_tf32):
-            with torch.cuda.stream(side):
-                for _ in range(self.warmup):
-                    self._compute()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            with torch.no_grad():
-                for t, s in zip(state, saved):
-                    t.copy_(s)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            try:
+                with torch.cuda.stream(side):
+                    for _ in range(self.warmup):
+                        self._compute()
+            finally:
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                with torch.no_grad():
+                    for t, s in zip(state, saved):
+                        t.copy_(s)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._compute()

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .benchmarks import GroundTruth, missing_hint, open_benchmark
-from .config import RunConfig, config_from_dict, to_dict
+from .config import SPEED_ONLY_FIELDS, RunConfig, config_from_dict, to_dict
 from .data import BatchIterator, SearchData, load_search_data
 from .errors import UserError
 from .runs import RunDir, atomic_write_bytes, atomic_write_json, environment_info
@@ -111,17 +111,22 @@ def _run_name(cfg: RunConfig) -> str:
 def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
                progress: bool = True, log: Callable[[str], None] = print,
                bench: Any = None, data: SearchData | None = None,
-               device: str | None = None) -> dict[str, Any]:
+               device: str | None = None, speed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Search, select and look up; write and return the result record.
 
     ``resume`` is a run directory: its stored config is used (``device`` may move it to
-    another device) and the search continues from its last checkpoint.
+    another device, ``speed`` may set :data:`~bayesnas_core.config.SPEED_ONLY_FIELDS`)
+    and the search continues from its last checkpoint.
     """
     if resume is not None:
         run = RunDir.open(resume)
         cfg = config_from_dict(run.read_json("config.json"))
         if device is not None:
             cfg.device = device
+        for key, value in (speed or {}).items():
+            if key not in SPEED_ONLY_FIELDS:
+                raise ValueError(f"{key} is not a speed-only setting")
+            setattr(cfg.search, key, value)
         cfg.validate()
         run.load_checkpoint()  # fail early, with one line, on a missing or corrupt file
         log(f"resuming {run.path}")

@@ -132,13 +132,26 @@ def _cmd_search(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     if args.resume:
         keep = {"resume", "no_progress", "device", "preset", "download", "plain_path", "no_cuda_graph",
-                "compile_cells"}
+                "compile_cells", "cell_impl"}
         given = [k for k, v in vars(args).items()
                  if k not in keep and v is not None] + (["preset"] if args.preset != "default" else [])
-        if given or args.download or args.plain_path or args.no_cuda_graph or args.compile_cells:
+        if given or args.download:
             raise UserError("--resume continues with the run's stored settings; drop the other "
-                            "options (only --device and --no-progress may change)")
-        result = run_search(resume=args.resume, progress=not args.no_progress, device=args.device)
+                            "options (only --device, --no-progress and the speed options "
+                            "--plain-path, --no-cuda-graph, --cell-impl, --compile-cells may change)")
+        speed: dict[str, Any] = {}
+        if args.plain_path:
+            speed.update(batched_mc=False, fused_cell=False)
+        if args.no_cuda_graph:
+            speed["cuda_graph"] = False
+        if args.compile_cells:
+            speed["compile_cells"] = True
+        if args.cell_impl is not None:
+            if args.cell_impl not in ("matmul", "conv"):
+                raise UserError(f"unknown cell implementation {args.cell_impl!r}; use --cell-impl matmul or conv")
+            speed["cell_impl"] = args.cell_impl
+        result = run_search(resume=args.resume, progress=not args.no_progress, device=args.device,
+                            speed=speed)
     else:
         result = run_search(build_config(args), progress=not args.no_progress)
     _print_result(result)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import RunConfig, to_dict
+from .config import RunConfig, config_from_dict, search_settings, to_dict
 from .data import BatchIterator, SearchData
 from .engine import StepEngine, engine_supported
 from .errors import NonFiniteLossError, UserError
@@ -381,7 +381,8 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
         if run is None:
             raise UserError("--resume needs a run directory")
         state = run.load_checkpoint()
-        if state.get("config", {}).get("search") != to_dict(cfg)["search"]:
+        # fields added since the checkpoint take their defaults; speed-only ones may differ
+        if search_settings(config_from_dict(state.get("config", {}))) != search_settings(cfg):
             raise UserError(f"checkpoint in {run.path} was made with other search settings; "
                             "resume without changing options")
         model.load_state_dict(state["model"])

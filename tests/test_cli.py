@@ -107,6 +107,24 @@ def test_resume_keeps_stored_settings(tmp_path, capsys, monkeypatch) -> None:
     assert "drop the other options" in _error_line(capsys)
     assert main(["--resume", str(run), "--device", "cpu", "--no-progress"]) == 0
     capsys.readouterr()
+    # speed options may change on resume; a bad value is one line
+    assert main(["--resume", str(run), "--no-progress", "--plain-path", "--no-cuda-graph"]) == 0
+    assert main(["--resume", str(run), "--cell-impl", "einsum"]) == 2
+    assert "unknown cell implementation 'einsum'" in _error_line(capsys)
+    # a run stored before newer speed-only fields existed still resumes (defaults fill them)
+    for name in ("config.json",):
+        stored = json.loads((run / name).read_text())
+        for key in ("cell_impl", "compile_cells", "cuda_graph"):
+            stored["search"].pop(key)
+        (run / name).write_text(json.dumps(stored))
+    import torch as _torch
+
+    state = _torch.load(run / "checkpoint.pt", weights_only=False)
+    for key in ("cell_impl", "compile_cells", "cuda_graph"):
+        state["config"]["search"].pop(key)
+    _torch.save(state, run / "checkpoint.pt")
+    assert main(["--resume", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
     # a run made on a GPU, resumed where there is none: one line, not a traceback
     cfg = json.loads((run / "config.json").read_text())
     cfg["device"] = "cuda"

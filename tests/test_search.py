@@ -173,6 +173,21 @@ def test_resume_is_bit_identical(tmp_path) -> None:
     assert [m["epoch"] for m in run.read_metrics()] == [1, 2, 3]
 
 
+def test_resume_on_another_path_continues_the_same_search(tmp_path) -> None:
+    """Speed-only settings may change on resume: epoch 1 on the fast path, epochs 2-3 on
+    the plain path end where 3 fast epochs do (same tolerance as the path comparison)."""
+    cfg = make_tiny_config(tmp_path, method="balenas", mc_samples=3)
+    cfg.search.epochs = 3
+    full = search(cfg, make_tiny_data(), progress=False)
+    run = RunDir.create(cfg.out, "switch", to_dict(cfg), env={})
+    with pytest.raises(_Stop):
+        search(cfg, make_tiny_data(), run=run, progress=False, on_epoch=_fail_at_epoch(2))
+    cfg.search.batched_mc = cfg.search.fused_cell = False
+    resumed = search(cfg, make_tiny_data(), run=run, resume=True, progress=False)
+    torch.testing.assert_close(resumed.mu, full.mu, rtol=0, atol=1e-4)
+    torch.testing.assert_close(resumed.sigma, full.sigma, rtol=1e-4, atol=1e-6)
+
+
 def test_resume_with_changed_settings_is_refused(tmp_path) -> None:
     cfg = make_tiny_config(tmp_path, method="balenas")
     run = RunDir.create(cfg.out, "r", to_dict(cfg), env={})

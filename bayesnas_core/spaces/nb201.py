@@ -222,11 +222,12 @@ class _SearchCell(nn.Module):
             k = len(out_edges)
             flat = node.reshape(B * M, C, H, W)
             ops = [self.edges[e].ops for e in out_edges]
-            eps = ops[0][3].op[2].eps
-            pooled = ops[0][4](flat)
+            w1 = [o[_OP["nor_conv_1x1"]].op[1].weight for o in ops]
+            w3 = [o[_OP["nor_conv_3x3"]].op[1].weight for o in ops]
+            eps = ops[0][_OP["nor_conv_3x3"]].op[2].eps
+            pooled = ops[0][_OP["avg_pool_3x3"]](flat)
             if impl == "matmul":
-                kernel = torch.cat([F.pad(o[2].op[1].weight, (1, 1, 1, 1)) for o in ops]
-                                   + [o[3].op[1].weight for o in ops])
+                kernel = torch.cat([F.pad(w, (1, 1, 1, 1)) for w in w1] + w3)
                 conv = F.conv2d(F.relu(flat), kernel, padding=1)
                 conv = F.batch_norm(conv.view(B, M * 2 * k * C, H, W), None, None, training=True,
                                     momentum=0.0, eps=eps)
@@ -235,8 +236,7 @@ class _SearchCell(nn.Module):
                 out = torch.matmul(mix[j], cand.view(B, M, 2 + 2 * k, C * H * W))  # [B, M, k, CHW]
             else:
                 r = F.relu(flat)
-                convs = [F.conv2d(r, torch.cat([o[2].op[1].weight for o in ops])),
-                         F.conv2d(r, torch.cat([o[3].op[1].weight for o in ops]), padding=1)]
+                convs = [F.conv2d(r, torch.cat(w1)), F.conv2d(r, torch.cat(w3), padding=1)]
                 ones = flat.new_ones(M * k * C)
                 zeros = flat.new_zeros(M * k * C)
                 convs = [F.batch_norm(c.view(B, M * k * C, H, W), None, None, ones, zeros,
@@ -258,6 +258,8 @@ class _SearchCell(nn.Module):
         return node
 
 
+#: position of each op in a mixed edge's ``ops``
+_OP = {name: i for i, name in enumerate(OP_NAMES)}
 #: out-edges of each source node, in NB201 edge order (targets ascending)
 _OUT_EDGES: tuple[tuple[int, ...], ...] = tuple(
     tuple(e for e, (_, src) in enumerate(EDGES) if src == j) for j in range(MAX_NODES - 1))
@@ -268,12 +270,11 @@ def _mixing_index(out_edges: Sequence[int], num_ops: int) -> list[list[int]]:
     each out-edge, conv3x3 of each out-edge]``; entries index the flat ``[E * ops + 1]``
     weights, the last of which is zero."""
     k, zero = len(out_edges), NUM_EDGES * num_ops
-    op = {name: i for i, name in enumerate(OP_NAMES)}
     rows = []
     for n, e in enumerate(out_edges):
-        row = [e * num_ops + op["skip_connect"], e * num_ops + op["avg_pool_3x3"]]
-        row += [e * num_ops + op["nor_conv_1x1"] if m == n else zero for m in range(k)]
-        row += [e * num_ops + op["nor_conv_3x3"] if m == n else zero for m in range(k)]
+        row = [e * num_ops + _OP["skip_connect"], e * num_ops + _OP["avg_pool_3x3"]]
+        row += [e * num_ops + _OP["nor_conv_1x1"] if m == n else zero for m in range(k)]
+        row += [e * num_ops + _OP["nor_conv_3x3"] if m == n else zero for m in range(k)]
         rows.append(row)
     return rows
 
@@ -429,7 +430,9 @@ class NB201Supernet(nn.Module):
         M = weights.shape[0]
         mix = _mixing_matrices(weights, [getattr(self, f"_mix_index_{j}") for j in range(3)])
         h = self.net.stem(x)  # the same for every sample
-        h = h.unsqueeze(1).expand(h.shape[0], M, *h.shape[1:])
+        # materialised once here (the first cell would copy it anyway), so every cell of
+        # a shape sees the same strides: one torch.compile graph, not two
+        h = h.unsqueeze(1).expand(h.shape[0], M, *h.shape[1:]).contiguous()
         cell_forward = _compiled_cell_forward() if self.compile_cells else _cell_forward
         for cell in self.net.cells:
             if isinstance(cell, ResNetBasicblock):
