@@ -409,7 +409,6 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
                   disable=not progress, initial=start, total=s.epochs)
     for epoch in epochs:
         t0 = time.perf_counter()
-        sums: dict[str, float] = {}
         # an epoch is one pass over the train split; a shorter valid split (CIFAR-100,
         # ImageNet16-120) is cycled, a split of the same length is used exactly once
         steps = tqdm(zip(train_it.epoch(epoch), valid_it.cycle(epoch)), total=len(train_it),
@@ -420,12 +419,12 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
                 if device.type == "cpu" and not engine.last_finite():  # free on a CPU; on CUDA
                     # a per-step check would sync every step, so it waits for the epoch's end
                     raise stop(f"at epoch {epoch + 1} step {step + 1}")
-            sums = engine.epoch_stats()
+            means = engine.epoch_stats()
             engine.sync_state()
-            n = 1
-            if not all(math.isfinite(v) for v in sums.values()) or not torch.isfinite(model.alpha).all():
+            if not all(math.isfinite(v) for v in means.values()) or not torch.isfinite(model.alpha).all():
                 raise stop(f"in epoch {epoch + 1}")
         else:
+            sums: dict[str, float] = {}
             n = 0
             for step, (tb, vb) in enumerate(steps):
                 stats = search_step(model, w_opt, arch, tb, vb, grad_clip=s.grad_clip)
@@ -434,13 +433,14 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n += 1
+            means = {k: v / n for k, v in sums.items()}
         w_lr = w_opt.param_groups[0]["lr"]  # the rate this epoch trained with
         with warnings.catch_warnings():  # the engine updates the weights without w_opt.step()
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             sched.step()
         genotype = model.genotype()
         sigma = arch.sigma(model)
-        record: dict[str, Any] = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()},
+        record: dict[str, Any] = {"epoch": epoch + 1, **means,
                                   "w_lr": w_lr, "arch": str(genotype),
                                   "parameter_free_ops": genotype.num_parameter_free}
         if s.curvature_iters > 0 and ((epoch + 1) % s.curvature_every == 0 or epoch + 1 == s.epochs):
