@@ -108,7 +108,7 @@ def make_step(cfg: RunConfig, path: str, *, num_classes: int, in_channels: int, 
     arch = build_arch_update(cfg, model, train_size, torch.Generator(device=device).manual_seed(cfg.seed))
     if fast:
         engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=s.grad_clip,
-                            cuda_graph=path in ("graph", "graph-conv", "compiled") and device.type == "cuda")
+                            cuda_graph=path != "fast" and device.type == "cuda")
         return lambda: engine.step(next(train), next(valid))
     return lambda: search_step(model, w_opt, arch, next(train), next(valid), grad_clip=s.grad_clip)
 
@@ -167,21 +167,20 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
         for path in paths:
             c = copy.deepcopy(cfg)
             c.search.method, c.search.mc_samples = method, m
+            row = {"method": method, "path": path, "mc_samples": m if method == "balenas" else None}
             n = plain_steps if (path == "plain" and plain_steps) else steps
             try:
                 t = time_path(c, path, steps=n, warmup=warmup, num_classes=num_classes,
                               in_channels=in_channels, image_size=image_size, train_size=train_size)
             except (RuntimeError, torch.cuda.OutOfMemoryError) as err:  # keep the other rows
                 msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                rows.append({"method": method, "path": path, "mc_samples": m if method == "balenas" else None,
-                             "error": msg})
+                rows.append({**row, "error": msg})
                 log(f"{method:8s} M={m}  {path:5s} failed: {msg}")
                 continue
             ms = 1000 * t["timed_s"] / n
-            row = {"method": method, "path": path, "mc_samples": m if method == "balenas" else None,
-                   "ms_per_step": ms, "s_per_epoch": ms * steps_per_epoch / 1000,
-                   f"projected_min_{epochs}_epochs": ms * steps_per_epoch * epochs / 60_000,
-                   "first_step_s": t["first_step_s"], "steps_timed": n}
+            row.update({"ms_per_step": ms, "s_per_epoch": ms * steps_per_epoch / 1000,
+                        f"projected_min_{epochs}_epochs": ms * steps_per_epoch * epochs / 60_000,
+                        "first_step_s": t["first_step_s"], "steps_timed": n})
             base = row if path == paths[0] else next(
                 (r for r in rows if r["method"] == method and r["path"] == paths[0]
                  and r["mc_samples"] == row["mc_samples"] and "error" not in r), None)

@@ -134,8 +134,11 @@ class RunConfig:
             )
         if self.select.samples < 1:
             raise UserError(f"--select-samples must be at least 1, got {self.select.samples}")
-        if s.cell_impl not in ("matmul", "conv"):
-            raise UserError(f"unknown cell implementation {s.cell_impl!r}; use --cell-impl matmul or conv")
+        from .spaces.nb201 import CELL_IMPLS
+
+        if s.cell_impl not in CELL_IMPLS:
+            raise UserError(f"unknown cell implementation {s.cell_impl!r}; use --cell-impl "
+                            f"{' or '.join(CELL_IMPLS)}")
         if self.space.name != "nb201":
             raise UserError(f"unknown search space {self.space.name!r}; use nb201")
         if self.dtype not in ("float32", "float64"):

@@ -87,7 +87,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         "space": (cfg.space, {"C": "C", "N": "N"}),
         "search": (cfg.search, {"method": "method", "order": "order", "mc_samples": "mc_samples",
                                 "epochs": "epochs", "a_lr": "a_lr", "w_lr": "w_lr",
-                                "curvature_every": "curvature_every", "cell_impl": "cell_impl"}),
+                                "curvature_every": "curvature_every"}),
         "select": (cfg.select, {"select": "method", "select_samples": "samples"}),
     }
     for obj, mapping in sections.values():
@@ -96,13 +96,23 @@ def build_config(args: argparse.Namespace) -> RunConfig:
                 setattr(obj, attr, getattr(args, arg))
     if getattr(args, "download", False):
         cfg.data.download = True
-    if getattr(args, "plain_path", False):
-        cfg.search.batched_mc = cfg.search.fused_cell = False
-    if getattr(args, "no_cuda_graph", False):
-        cfg.search.cuda_graph = False
-    if getattr(args, "compile_cells", False):
-        cfg.search.compile_cells = True
+    for key, value in _speed_options(args).items():
+        setattr(cfg.search, key, value)
     return cfg.validate()
+
+
+def _speed_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The speed-only search settings (``SPEED_ONLY_FIELDS``) that the flags set."""
+    speed: dict[str, Any] = {}
+    if getattr(args, "plain_path", False):
+        speed.update(batched_mc=False, fused_cell=False)
+    if getattr(args, "no_cuda_graph", False):
+        speed["cuda_graph"] = False
+    if getattr(args, "compile_cells", False):
+        speed["compile_cells"] = True
+    if getattr(args, "cell_impl", None) is not None:
+        speed["cell_impl"] = args.cell_impl
+    return speed
 
 
 def _print_result(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
@@ -139,19 +149,8 @@ def _cmd_search(argv: Sequence[str]) -> int:
             raise UserError("--resume continues with the run's stored settings; drop the other "
                             "options (only --device, --no-progress and the speed options "
                             "--plain-path, --no-cuda-graph, --cell-impl, --compile-cells may change)")
-        speed: dict[str, Any] = {}
-        if args.plain_path:
-            speed.update(batched_mc=False, fused_cell=False)
-        if args.no_cuda_graph:
-            speed["cuda_graph"] = False
-        if args.compile_cells:
-            speed["compile_cells"] = True
-        if args.cell_impl is not None:
-            if args.cell_impl not in ("matmul", "conv"):
-                raise UserError(f"unknown cell implementation {args.cell_impl!r}; use --cell-impl matmul or conv")
-            speed["cell_impl"] = args.cell_impl
         result = run_search(resume=args.resume, progress=not args.no_progress, device=args.device,
-                            speed=speed)
+                            speed=_speed_options(args))
     else:
         result = run_search(build_config(args), progress=not args.no_progress)
     _print_result(result)

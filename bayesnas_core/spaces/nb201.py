@@ -182,7 +182,6 @@ class _SearchCell(nn.Module):
         self.edges = nn.ModuleList(_MixedOp(C, bn, dd) for _ in EDGES)
         if fused and (bn["affine"] or bn["track_running_stats"]):
             raise ValueError("the fused cell needs BN without affine parameters or running stats")
-        self.fused = fused
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
         nodes = [x]
