@@ -138,8 +138,8 @@ def test_fused_cell_equals_plain_cell() -> None:
     """Same parameters, same function: outputs and gradients (weights and alpha) agree
     to float32 round-off, for one alpha and for batched alphas."""
     torch.manual_seed(0)
-    plain = NB201Supernet(C=4, N=1, num_classes=5, in_channels=3)
-    fused = NB201Supernet(C=4, N=1, num_classes=5, in_channels=3, fused=True)
+    plain = NB201Supernet(C=4, N=2, num_classes=5, in_channels=3)
+    fused = NB201Supernet(C=4, N=2, num_classes=5, in_channels=3, fused=True)
     fused.load_state_dict(plain.state_dict())
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
     for alpha in (torch.randn(6, 5), torch.randn(3, 6, 5)):

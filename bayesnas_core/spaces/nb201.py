@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 MAX_NODES = 4
+#: a fused node's convolution kernel(s) (see :func:`_fused_kernels`)
+Kernel = Tensor | tuple[Tensor, Tensor]
 #: implementations of the fused cell (see :meth:`_SearchCell.forward_folded`)
 CELL_IMPLS = ("matmul", "conv")
 #: (to_node, from_node) for each edge, in NB201 order.
@@ -195,14 +197,16 @@ class _SearchCell(nn.Module):
             nodes.append(s)
         return nodes[-1]
 
-    def forward_folded(self, h: Tensor, mix: Sequence[Tensor], impl: str = "matmul") -> Tensor:
+    def forward_folded(self, h: Tensor, mixers: Sequence[Tensor], kernels: Sequence[Kernel],
+                       impl: str = "matmul") -> Tensor:
         """The fused cell on ``[B, M, C, H, W]`` (M alpha samples folded into the batch).
 
         Edges leaving node ``j`` share its ReLU and one pooling, and their convolutions
-        run together; BatchNorm channels are ``(sample, conv channel)``, so every sample
-        keeps its own batch statistics. The mixing of all out-edges is one linear map
-        of the candidates ``[node, pool, conv1x1 ..., conv3x3 ...]`` by ``mix[j]``
-        (``[M, k, 2 + 2k]``, from :func:`_mixing_matrices`); ``none`` adds exactly zero.
+        run together with ``kernels[j]`` (from :func:`_fused_kernels`); BatchNorm channels
+        are ``(sample, conv channel)``, so every sample keeps its own batch statistics.
+        The mixing of all out-edges is one linear map of the candidates ``[node, pool,
+        conv1x1 ..., conv3x3 ...]`` by ``mixers[j]`` (from :func:`_mixers`); ``none``
+        adds exactly zero.
 
         ``impl="matmul"``: the 1x1 and 3x3 kernels run as one 3x3 convolution (each 1x1
         kernel zero-padded, so it gets gradient only at its centre), one BatchNorm, and
@@ -216,39 +220,31 @@ class _SearchCell(nn.Module):
         B, M, C, H, W = h.shape
         terms: list[list[Tensor]] = [[] for _ in range(MAX_NODES)]
         node = h
-        for j in range(MAX_NODES - 1):
-            out_edges = _OUT_EDGES[j]
+        for j, out_edges in enumerate(_OUT_EDGES):
             k = len(out_edges)
             flat = node.reshape(B * M, C, H, W)
-            ops = [self.edges[e].ops for e in out_edges]
-            w1 = [o[_OP["nor_conv_1x1"]].op[1].weight for o in ops]
-            w3 = [o[_OP["nor_conv_3x3"]].op[1].weight for o in ops]
-            eps = ops[0][_OP["nor_conv_3x3"]].op[2].eps
-            pooled = ops[0][_OP["avg_pool_3x3"]](flat)
+            ops = self.edges[out_edges[0]].ops
+            eps = ops[_OP["nor_conv_3x3"]].op[2].eps
+            pooled = ops[_OP["avg_pool_3x3"]](flat)
+            r = F.relu(flat)
             if impl == "matmul":
-                kernel = torch.cat([F.pad(w, (1, 1, 1, 1)) for w in w1] + w3)
-                conv = F.conv2d(F.relu(flat), kernel, padding=1)
-                conv = F.batch_norm(conv.view(B, M * 2 * k * C, H, W), None, None, training=True,
-                                    momentum=0.0, eps=eps)
-                cand = torch.cat([node.reshape(B, M, C, H * W), pooled.view(B, M, C, H * W),
-                                  conv.view(B, M, 2 * k * C, H * W)], dim=2)
-                out = torch.matmul(mix[j], cand.view(B, M, 2 + 2 * k, C * H * W))  # [B, M, k, CHW]
+                conv = F.conv2d(r, kernels[j], padding=1)
+                convs = [F.batch_norm(conv.view(B, M * 2 * k * C, H, W), None, None, training=True,
+                                      momentum=0.0, eps=eps).view(B, M, 2 * k * C, H * W)]
             else:
-                r = F.relu(flat)
-                convs = [F.conv2d(r, torch.cat(w1)), F.conv2d(r, torch.cat(w3), padding=1)]
-                ones = flat.new_ones(M * k * C)
-                zeros = flat.new_zeros(M * k * C)
+                k1, k3 = kernels[j]
+                ones, zeros = flat.new_ones(M * k * C), flat.new_zeros(M * k * C)
                 convs = [F.batch_norm(c.view(B, M * k * C, H, W), None, None, ones, zeros,
                                       training=True, momentum=0.0, eps=eps).view(B, M, k * C, H * W)
-                         for c in convs]
-                cand = torch.cat([node.reshape(B, M, C, H * W), pooled.view(B, M, C, H * W), *convs],
-                                 dim=2)
-                eye = torch.eye(C, device=h.device, dtype=h.dtype)
-                weight = (mix[j][:, :, None, :, None] * eye[:, None, :]).reshape(M * k * C, -1, 1, 1)
-                out = F.conv2d(cand.view(B, M * (2 + 2 * k) * C, H, W), weight, groups=M)
-                out = out.view(B, M, k, C * H * W)
-            for n in range(k):
-                terms[j + 1 + n].append(out[:, :, n])
+                         for c in (F.conv2d(r, k1), F.conv2d(r, k3, padding=1))]
+            cand = torch.cat([node.reshape(B, M, C, H * W), pooled.view(B, M, C, H * W), *convs], dim=2)
+            if impl == "matmul":
+                out = torch.bmm(mixers[j], cand.view(B * M, 2 + 2 * k, C * H * W))
+            else:
+                out = F.conv2d(cand.view(B, M * (2 + 2 * k) * C, H, W), mixers[j], groups=M)
+            # unbind, not indexing: its backward is one stack, not a zero-filled copy per edge
+            for n, t in enumerate(out.view(B, M, k, C * H * W).unbind(2)):
+                terms[j + 1 + n].append(t)
             parts = terms[j + 1]
             node = parts[0]
             for t in parts[1:]:
@@ -285,8 +281,47 @@ def _mixing_matrices(weights: Tensor, index: Sequence[Tensor]) -> list[Tensor]:
     return [flat[:, idx] for idx in index]
 
 
-def _cell_forward(cell: "_SearchCell", h: Tensor, mix: Sequence[Tensor], impl: str) -> Tensor:
-    return cell.forward_folded(h, mix, impl)
+def _mixers(mix: Sequence[Tensor], impl: str, B: int, C: int) -> list[Tensor]:
+    """The mixing matrices ``[M, k, 2 + 2k]`` in the form :meth:`_SearchCell.forward_folded`
+    applies them, built once per forward and shared by every cell of width ``C``:
+    ``[B * M, k, 2 + 2k]`` for the batched matmul, or the grouped 1x1-convolution weight
+    ``mix (x) I_C`` ``[M * k * C, (2 + 2k) * C, 1, 1]``."""
+    if impl == "matmul":
+        return [m.expand(B, *m.shape).reshape(B * m.shape[0], *m.shape[1:]) for m in mix]
+    eye = torch.eye(C, device=mix[0].device, dtype=mix[0].dtype)
+    return [(m[:, :, None, :, None] * eye[:, None, :]).reshape(m.shape[0] * m.shape[1] * C, -1, 1, 1)
+            for m in mix]
+
+
+def _fused_kernels(cells: Sequence["_SearchCell"], impl: str) -> list[list[Kernel]]:
+    """Per cell and source node, the convolution kernels of the node's out-edges, for
+    all ``cells`` (of one width) in a few concatenations rather than a few per node:
+    ``[2kC, C, 3, 3]`` (1x1 kernels zero-padded, then the 3x3 kernels) for ``matmul``,
+    or the pair ``([kC, C, 1, 1], [kC, C, 3, 3])`` for ``conv``."""
+    def weights(op: str) -> list[Tensor]:
+        return [cell.edges[e].ops[_OP[op]].op[1].weight
+                for cell in cells for out in _OUT_EDGES for e in out]
+
+    w1, w3 = weights("nor_conv_1x1"), weights("nor_conv_3x3")
+    C = w1[0].shape[0]
+    ks = [len(out) for _ in cells for out in _OUT_EDGES]
+    if impl == "matmul":
+        padded = F.pad(torch.cat(w1), (1, 1, 1, 1)).split(C)
+        parts, i = [], 0
+        for k in ks:
+            parts += [*padded[i:i + k], *w3[i:i + k]]
+            i += k
+        per_node: list[Kernel] = list(torch.cat(parts).split([2 * k * C for k in ks]))
+    else:
+        sizes = [k * C for k in ks]
+        per_node = list(zip(torch.cat(w1).split(sizes), torch.cat(w3).split(sizes)))
+    n = len(_OUT_EDGES)
+    return [per_node[c * n:(c + 1) * n] for c in range(len(cells))]
+
+
+def _cell_forward(cell: "_SearchCell", h: Tensor, mixers: Sequence[Tensor],
+                  kernels: Sequence[Kernel], impl: str) -> Tensor:
+    return cell.forward_folded(h, mixers, kernels, impl)
 
 
 @functools.cache
@@ -294,6 +329,9 @@ def _compiled_cell_forward() -> Callable[..., Tensor]:
     """:func:`_cell_forward` through ``torch.compile`` (inductor fuses BN, pooling, the
     mixing and the sums around the convolutions). Built once per process; every cell of
     one shape shares a graph, because their parameters are graph inputs."""
+    # one graph per (width, M, which inputs need grad): up to 9 in a process that runs
+    # both methods, past dynamo's default limit of 8 (beyond it, cells would run eagerly)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     return torch.compile(_cell_forward, dynamic=False)
 
 
@@ -406,6 +444,10 @@ class NB201Supernet(nn.Module):
         self.net = _Macro(C, N, num_classes, in_channels, lambda c: _SearchCell(c, bn, dd, fused),
                           bn, dd)
         self.fused = fused
+        #: indices of each run of search cells (one stage) in ``net.cells``
+        self._stages = [list(g) for is_cell, g in itertools.groupby(
+            range(len(self.net.cells)), key=lambda i: isinstance(self.net.cells[i], _SearchCell))
+            if is_cell]
         self.alpha = nn.Parameter(1e-3 * torch.randn(NUM_EDGES, len(OP_NAMES), **dd))
         for j, edges in enumerate(_OUT_EDGES):  # not in state_dict: derived from the space
             index = torch.tensor(_mixing_index(edges, len(OP_NAMES)), device=device)
@@ -433,11 +475,19 @@ class NB201Supernet(nn.Module):
         # a shape sees the same strides: one torch.compile graph, not two
         h = h.unsqueeze(1).expand(h.shape[0], M, *h.shape[1:]).contiguous()
         cell_forward = _compiled_cell_forward() if self.compile_cells else _cell_forward
-        for cell in self.net.cells:
+        cells = self.net.cells
+        kernels: dict[int, Kernel] = {}
+        for stage in self._stages:  # each stage's kernels in a few kernels, not a few per node
+            kernels.update(zip(stage, _fused_kernels([cells[i] for i in stage], self.cell_impl)))
+        mixers: dict[int, list[Tensor]] = {}  # the conv form depends on the width; matmul's not
+        for i, cell in enumerate(cells):
             if isinstance(cell, ResNetBasicblock):
                 h = _resblock_folded(cell, h)
-            else:
-                h = cell_forward(cell, h, mix, self.cell_impl)
+                continue
+            key = h.shape[2] if self.cell_impl == "conv" else 0
+            if key not in mixers:
+                mixers[key] = _mixers(mix, self.cell_impl, h.shape[0], h.shape[2])
+            h = cell_forward(cell, h, mixers[key], kernels[i], self.cell_impl)
         B, _, C, H, W = h.shape
         bn, relu = self.net.lastact
         h = relu(_bn_folded(bn, h.reshape(B * M, C, H, W), M))
