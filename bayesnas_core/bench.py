@@ -22,6 +22,7 @@ projected minutes for 50 epochs, with the device and versions, and writes JSON t
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import json
 import sys
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .config import RunConfig, get_preset
 from .data import BatchIterator, TensorSplit
@@ -39,7 +41,8 @@ from .paths import assets_dir
 from .runs import atomic_write_json, environment_info, seed_everything
 from .search import build_arch_update, build_supernet, search_step
 
-__all__ = ["PATHS", "DEFAULT_PATHS", "load_reports", "report_lines", "make_step", "time_path", "run_benchmark", "main"]
+__all__ = ["PATHS", "DEFAULT_PATHS", "COUNTED_PATHS", "load_reports", "report_lines", "make_step",
+           "count_kernel_ops", "time_path", "run_benchmark", "main"]
 
 PATHS = ("plain", "fast", "graph", "graph-conv", "compiled")
 DEFAULT_PATHS = ("plain", "fast", "graph")
@@ -68,8 +71,9 @@ def report_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"  {r['method']:8s} {m:4s} {r['path']:10s} failed: {r['error']}")
             continue
         speed = next((v for k, v in r.items() if k.startswith("speedup_vs_")), 1.0)
+        ops = f"  {r['kernel_ops_per_step']} ops" if "kernel_ops_per_step" in r else ""
         lines.append(f"  {r['method']:8s} {m:4s} {r['path']:10s} {r['ms_per_step']:8.1f} ms/step "
-                     f"{r[f'projected_min_{epochs}_epochs']:7.1f} min/{epochs} epochs  x{speed:.1f}")
+                     f"{r[f'projected_min_{epochs}_epochs']:7.1f} min/{epochs} epochs  x{speed:.1f}{ops}")
     return lines
 
 
@@ -113,11 +117,44 @@ def make_step(cfg: RunConfig, path: str, *, num_classes: int, in_channels: int, 
     return lambda: search_step(model, w_opt, arch, next(train), next(valid), grad_clip=s.grad_clip)
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten operators dispatched inside the block, views and bare allocations
+    left out (they launch no kernel)."""
+
+    FREE = frozenset({"empty", "empty_strided", "empty_like", "detach", "_unsafe_view", "alias",
+                      "lift_fresh"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not func.is_view and name not in self.FREE:
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_kernel_ops(step: Callable[[], Any]) -> collections.Counter[str]:
+    """The aten operators one call of ``step`` runs that launch work, by name (views and
+    bare allocations left out): on a GPU each launches one kernel or more, so their total
+    is a device-independent measure of the launches per step."""
+    with _OpCounter() as counter:
+        step()
+    return counter.counts
+
+
+#: paths whose step is counted by :func:`count_kernel_ops` (a graph replay dispatches
+#: nothing: it runs the ``fast`` path's kernels; compiled code runs generated kernels)
+COUNTED_PATHS = ("plain", "fast")
+
+
 def time_path(cfg: RunConfig, path: str, *, steps: int, warmup: int, num_classes: int,
               in_channels: int, image_size: int, train_size: int) -> dict[str, float]:
     """Run ``warmup`` then ``steps`` search steps of ``path`` (see :func:`make_step`);
     returns the wall seconds of the first step (the capture, for ``graph``) and of the
-    timed steps (one sync at their end)."""
+    timed steps (one sync at their end), and for :data:`COUNTED_PATHS` the kernel-launching
+    operators of one more (untimed) step."""
     device = torch.device(cfg.device)
     step = make_step(cfg, path, num_classes=num_classes, in_channels=in_channels,
                      image_size=image_size, train_size=train_size)
@@ -128,12 +165,14 @@ def time_path(cfg: RunConfig, path: str, *, steps: int, warmup: int, num_classes
     first = time.perf_counter() - t0
     for _ in range(max(warmup - 1, 0)):
         step()
+    ops = sum(count_kernel_ops(step).values()) if path in COUNTED_PATHS else None
     _sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
     _sync(device)
-    return {"first_step_s": first, "timed_s": time.perf_counter() - t0}
+    timed = time.perf_counter() - t0
+    return {"first_step_s": first, "timed_s": timed, **({} if ops is None else {"kernel_ops": ops})}
 
 
 def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int,
@@ -161,7 +200,8 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
                       "fast = StepEngine eagerly (folded cells, the M samples in one batched pass, "
                       "on-device statistics); graph = the same engine replayed as one CUDA graph per "
                       "step; compiled = graph with torch.compile'd cells. Synthetic device-resident splits of the configured shape; batch "
-                      "drawing and augmentation are timed with the step. The projection excludes "
+                      "drawing and augmentation are timed with the step. kernel_ops_per_step: the aten operators "
+                      "of one step that launch work (views and bare allocations left out). The projection excludes "
                       "the per-epoch diagnostics (see the run directories for real wall times)."}
     for method, m in cases:
         for path in paths:
@@ -181,6 +221,8 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
             row.update({"ms_per_step": ms, "s_per_epoch": ms * steps_per_epoch / 1000,
                         f"projected_min_{epochs}_epochs": ms * steps_per_epoch * epochs / 60_000,
                         "first_step_s": t["first_step_s"], "steps_timed": n})
+            if "kernel_ops" in t:
+                row["kernel_ops_per_step"] = t["kernel_ops"]
             base = row if path == paths[0] else next(
                 (r for r in rows if r["method"] == method and r["path"] == paths[0]
                  and r["mc_samples"] == row["mc_samples"] and "error" not in r), None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from bayesnas_core import bench
 
@@ -26,6 +27,15 @@ def test_bench_writes_side_by_side_rows(tmp_path, capsys) -> None:
     assert rows[0]["speedup_vs_plain"] == 1.0
     assert rows[1]["speedup_vs_plain"] == pytest.approx(rows[0]["ms_per_step"] / rows[1]["ms_per_step"])
     assert report["env"]["torch"] and report["config"]["C"] == 8
+    # the fused fast path launches far fewer kernels than the plain one
+    for plain, fast in (rows[0:2], rows[2:4]):
+        assert fast["kernel_ops_per_step"] < 0.8 * plain["kernel_ops_per_step"]
+
+
+def test_kernel_ops_leave_out_views() -> None:
+    x = torch.randn(4, 3)
+    counts = bench.count_kernel_ops(lambda: (x + 1).relu().view(2, 6).t().sum())
+    assert counts == {"add": 1, "relu": 1, "sum": 1}
 
 
 def test_bench_refuses_unknown_path(tmp_path, capsys) -> None:
