@@ -26,6 +26,9 @@ plain path.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -243,9 +246,25 @@ class StepEngine:
             self.last.copy_(torch.stack([loss.detach().to(torch.float64), train_acc, v_loss, v_acc]))
             self.sums.add_(self.last)
 
+    @contextlib.contextmanager
+    def _weights_constant(self) -> Iterator[None]:
+        """The architecture step needs no weight gradients. Eager autograd skips them by
+        itself; a compiled graph computes every input's gradient, so with compiled cells
+        the weights stop requiring grad for the block (a graph of its own)."""
+        if not self.model.compile_cells:
+            yield
+            return
+        for p in self.weights:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in self.weights:
+                p.requires_grad_(True)
+
     def _adam_step(self) -> tuple[Tensor, Tensor]:
         b, alpha, g = self._static, self.alpha, self.a_opt.param_groups[0]
-        with torch.enable_grad():
+        with torch.enable_grad(), self._weights_constant():
             a = alpha.detach().requires_grad_(True)
             logits = self.model(b["vx"], a)
             loss = F.cross_entropy(logits, b["vy"])
@@ -270,7 +289,7 @@ class StepEngine:
         with torch.no_grad():
             sigma = torch.rsqrt(n * self.exp_avg_sq + lam)
             samples = alpha.detach() + sigma * b["eps"]
-        with torch.enable_grad():
+        with torch.enable_grad(), self._weights_constant():
             a = samples.requires_grad_(True)
             logits = self.model(b["vx"], a)  # [M, B, K]
             B = logits.shape[1]

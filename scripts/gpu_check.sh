@@ -15,7 +15,8 @@
 #    carried in RESUME_DIR (default .carry/resume, each a run directory with its
 #    checkpoint, resumed with --resume), then those of BaLeNAS M=3, DARTS, BaLeNAS M=1 that
 #    were not carried. All of them use the fastest of graph, graph-conv and compiled (from
-#    the bench; a speed option may change on resume). Each run comes back whole, checkpoint included, so an unfinished one can be
+#    the bench; compiled only once its search check passes on the GPU; a speed option may
+#    change on resume). Each run comes back whole, checkpoint included, so an unfinished one can be
 #    carried in RESUME_DIR next time.
 #
 # On the lent device machine (carry the four Fashion-MNIST .gz files in an ignored folder):
@@ -62,16 +63,28 @@ fi
 timeout "$(cap 200)" python3 -m bayesnas_core.bench --device "$device" $bench_args --mc 3 1 \
     --out "$out" 2>&1 | tee "$out/bench.log"
 # the fastest working fast path for the searches: from the M=3 rows, else from any rows
-choice=$(python3 - "$out" <<'PY'
+ranking=$(python3 - "$out" <<'PY'
 import glob, json, sys
 rows = [r for f in glob.glob(sys.argv[1] + "/bench-*.json") for r in json.load(open(f))["rows"]
         if "error" not in r and r["path"] in ("graph", "graph-conv", "compiled")]
 best = {}
 for r in sorted(rows, key=lambda r: r.get("mc_samples") != 3):  # M=3 rows win ties of path
     best.setdefault(r["path"], r["ms_per_step"])
-print(min(best, key=best.get) if best else "graph")
+print(" ".join(sorted(best, key=best.get)) or "graph")
 PY
 )
+choice=${ranking%% *}
+if [ "$choice" = compiled ] && [ "$device" != cpu ]; then
+  # compiled cells have been checked against the eager ones on a CPU only: check the
+  # compiled search on this GPU before trusting it with the runs, else take the runner-up
+  timeout "$(cap 150)" python3 -m pytest -q -o addopts="" -p no:cacheprovider \
+      -k "search_with_compiled_cells" tests/test_engine.py 2>&1 | tee -a "$out/checks.log"
+  if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+    next=$(echo "$ranking" | awk '{print $2}')
+    echo "compiled search check failed: using ${next:-graph} instead" | tee -a "$out/checks.log"
+    choice=${next:-graph}
+  fi
+fi
 speed_args=""
 [ "$choice" = compiled ] && speed_args="--compile-cells"
 [ "$choice" = graph-conv ] && speed_args="--cell-impl conv"
