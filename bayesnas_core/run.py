@@ -189,6 +189,21 @@ def _study_parser(name: str, description: str, results: str) -> _Parser:
     return p
 
 
+def _run_study(name: str, table: str, args: argparse.Namespace, argv: Sequence[str],
+               study: Callable[..., Any], *study_args: Any, **study_kw: Any) -> int:
+    """Run ``study`` with the subcommand's results folder, command line and progress
+    setting, then print the table it wrote."""
+    study(*study_args, results_dir=args.results, command=_command_line(name, argv),
+          progress=not args.no_progress, **study_kw)
+    print(Path(args.results, table).read_text())
+    return 0
+
+
+def _check_at_least(low: int, flag: str, values: Sequence[int]) -> None:
+    if any(v < low for v in values):
+        raise UserError(f"{flag} values must be at least {low}, got {values}")
+
+
 def _add_proxies(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proxies", nargs="+", default=["synflow", "snip", "grasp"])
 
@@ -211,12 +226,8 @@ def _cmd_ablation_mc(argv: Sequence[str]) -> int:
     p.add_argument("--order", type=int, help="1 or 2 (the seed's table is 2nd order)")
     args = p.parse_args(argv)
     cfg = build_config(args)
-    if any(m < 1 for m in args.mc):
-        raise UserError(f"--mc values must be at least 1, got {args.mc}")
-    ablation_mc(cfg, args.mc, args.seeds, results_dir=args.results,
-                command=_command_line("ablation-mc", argv), progress=not args.no_progress)
-    print(Path(args.results, "ablation-mc.md").read_text())
-    return 0
+    _check_at_least(1, "--mc", args.mc)
+    return _run_study("ablation-mc", "ablation-mc.md", args, argv, ablation_mc, cfg, args.mc, args.seeds)
 
 
 def _cmd_ablation_tf(argv: Sequence[str]) -> int:
@@ -231,12 +242,9 @@ def _cmd_ablation_tf(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     cfg = build_config(args)
     _check_proxies(args.proxies)
-    if any(k < 1 for k in args.samples):
-        raise UserError(f"--samples values must be at least 1, got {args.samples}")
-    ablation_tf(cfg, args.proxies, args.samples, args.seeds, results_dir=args.results,
-                command=_command_line("ablation-tf", argv), progress=not args.no_progress)
-    print(Path(args.results, "ablation-tf.md").read_text())
-    return 0
+    _check_at_least(1, "--samples", args.samples)
+    return _run_study("ablation-tf", "ablation-tf.md", args, argv, ablation_tf, cfg, args.proxies,
+                      args.samples, args.seeds)
 
 
 def _cmd_proxies(argv: Sequence[str]) -> int:
@@ -255,11 +263,8 @@ def _cmd_proxies(argv: Sequence[str]) -> int:
     counts = {name: (args.synflow_cells if name == "synflow" else args.snip_grasp_cells) for name in args.proxies}
     if any(n < 3 for n in counts.values()):
         raise UserError("score at least 3 cells per proxy (--synflow-cells, --snip-grasp-cells)")
-    proxy_study(cfg, counts, results_dir=args.results, seed=cfg.seed, C=args.net_channels,
-                N=args.net_cells, command=_command_line("proxies", argv),
-                progress=not args.no_progress)
-    print(Path(args.results, "proxy-study.md").read_text())
-    return 0
+    return _run_study("proxies", "proxy-study.md", args, argv, proxy_study, cfg, counts,
+                      seed=cfg.seed, C=args.net_channels, N=args.net_cells)
 
 
 def _cmd_export(argv: Sequence[str]) -> int:

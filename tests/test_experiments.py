@@ -112,3 +112,15 @@ def test_load_run_metrics_reads_the_shipped_partial_run() -> None:
     assert all("valid_acc" in r and "wall_time_s" in r for r in records)
     with pytest.raises(UserError, match="missing"):
         load_run_metrics("full-scale/no-such-run")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["ablation-mc", "--mc", "2", "0"], "--mc values must be at least 1, got [2, 0]"),
+    (["ablation-tf", "--samples", "0"], "--samples values must be at least 1, got [0]"),
+    (["ablation-tf", "--proxies", "zen"], "unknown proxy 'zen'"),
+])
+def test_study_options_are_checked_before_any_work(tmp_path, capsys, argv, needle) -> None:
+    assert main([*argv, *SMOKE, "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err
+    assert not (tmp_path / "r").exists()
