@@ -10,8 +10,9 @@ drawn and augmented as in a search) on three paths, side by side, in one process
 - ``graph``: the same engine replayed as one CUDA graph per step (CUDA only);
 - ``graph-conv`` (opt-in): ``graph`` with ``cell_impl="conv"`` (1x1 and 3x3 convolutions
   apart, cuDNN BatchNorm, the mixing as a grouped 1x1 convolution; CUDA only);
-- ``compiled`` (opt-in): ``graph`` with the fused cells through ``torch.compile``
-  (eager engine on a CPU); its first step includes the compilation.
+- ``compiled`` (opt-in): ``graph`` with the fused cells through ``torch.compile``, in
+  their ``elementwise`` form (inductor fuses the mixing with the BatchNorm and the sums;
+  eager engine on a CPU); its first step includes the compilation.
 
 for DARTS and for BaLeNAS with each M. Reports ms per step, seconds per epoch and the
 projected minutes for 50 epochs, with the device and versions, and writes JSON to
@@ -94,8 +95,7 @@ def make_step(cfg: RunConfig, path: str, *, num_classes: int, in_channels: int, 
     fast = path != "plain"
     cfg.search.batched_mc = cfg.search.fused_cell = fast
     cfg.search.compile_cells = path == "compiled"
-    if path == "graph-conv":
-        cfg.search.cell_impl = "conv"
+    cfg.search.cell_impl = {"graph-conv": "conv", "compiled": "elementwise"}.get(path, cfg.search.cell_impl)
     seed_everything(cfg.seed)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     shape = (train_size, in_channels, image_size, image_size)
@@ -199,7 +199,7 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
               "note": "plain = unfused cells, one forward/backward per Monte-Carlo sample, torch.optim; "
                       "fast = StepEngine eagerly (folded cells, the M samples in one batched pass, "
                       "on-device statistics); graph = the same engine replayed as one CUDA graph per "
-                      "step; compiled = graph with torch.compile'd cells. Synthetic device-resident splits of the configured shape; batch "
+                      "step; compiled = graph with torch.compile'd cells (cell_impl elementwise). Synthetic device-resident splits of the configured shape; batch "
                       "drawing and augmentation are timed with the step. kernel_ops_per_step: the aten operators "
                       "of one step that launch work (views and bare allocations left out). The projection excludes "
                       "the per-epoch diagnostics (see the run directories for real wall times)."}

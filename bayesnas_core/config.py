@@ -81,7 +81,7 @@ class SearchConfig:
     fused_cell: bool = True  # edges leaving a node share one ReLU, convolution and pooling
     cuda_graph: bool = True  # on CUDA, replay the whole fast step as one CUDA graph
     compile_cells: bool = False  # fast path: torch.compile the fused cells (opt-in)
-    cell_impl: str = "matmul"  # fast path: how fused cells compute (matmul | conv), same function
+    cell_impl: str = "matmul"  # fast path: how fused cells compute (matmul | conv | elementwise)
     unrolled_eps: float = 0.01  # finite-difference radius: eps / ||v||
     curvature_iters: int = 8  # power iterations for the Hessian eigenvalue (0: off)
     curvature_every: int = 1  # measure it every this many epochs (and at the last epoch)

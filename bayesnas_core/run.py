@@ -62,9 +62,10 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cuda-graph", action="store_true",
                    help="run the fast path eagerly on CUDA instead of replaying a CUDA graph")
     p.add_argument("--compile-cells", action="store_true",
-                   help="fast path: compile the fused cells with torch.compile (first steps compile)")
-    p.add_argument("--cell-impl", help="fast path: matmul (default) or conv, the same function computed "
-                   "with other kernels")
+                   help="fast path: compile the fused cells with torch.compile (first steps compile; "
+                   "pair with --cell-impl elementwise)")
+    p.add_argument("--cell-impl", help="fast path: matmul (default), conv or elementwise (for "
+                   "--compile-cells): the same function computed with other kernels")
     p.add_argument("--curvature-every", type=int,
                    help="measure the Hessian eigenvalue every this many epochs (default: the preset's)")
     p.add_argument("--select", help=f"{' | '.join(SELECTORS)} (default: argmax)")

@@ -86,7 +86,7 @@ if [ "$choice" = compiled ] && [ "$device" != cpu ]; then
   fi
 fi
 speed_args=""
-[ "$choice" = compiled ] && speed_args="--compile-cells"
+[ "$choice" = compiled ] && speed_args="--compile-cells --cell-impl elementwise"
 [ "$choice" = graph-conv ] && speed_args="--cell-impl conv"
 echo "searches use the $choice path" | tee -a "$out/runs.log"
 

@@ -155,7 +155,7 @@ def test_cuda_graph_replay_equals_eager_engine(tmp_path, method) -> None:
 
 
 @cuda
-@pytest.mark.parametrize("cell_impl", ["matmul", "conv"])
+@pytest.mark.parametrize("cell_impl", ["matmul", "conv", "elementwise"])
 def test_cuda_graph_search_matches_plain_path(tmp_path, cell_impl) -> None:
     """A short BaLeNAS search on CUDA: the graph-replayed fast path ends with the plain
     path's mu and sigma (same tolerance as the CPU test), with TF32 off."""
@@ -184,15 +184,15 @@ def test_cuda_graph_search_matches_plain_path(tmp_path, cell_impl) -> None:
 @compile_ok
 @pytest.mark.parametrize("device", ["cuda" if torch.cuda.is_available() else "cpu"])
 def test_compiled_cells_compute_the_same_function(tmp_path, device) -> None:
-    """torch.compile'd fused cells (inductor) give the eager fused cells' logits and
-    gradients (alpha and weights) to float32 round-off, for one alpha and for M=3; the
+    """torch.compile'd fused cells (inductor, elementwise form) give the eager fused
+    (matmul) cells' logits and gradients (alpha and weights) to float32 round-off, for one alpha and for M=3; the
     uncompiled() block restores eager cells for double backward."""
     torch.manual_seed(0)
     cfg = make_tiny_config(tmp_path)
     cfg.device = device
     eager = build_supernet(cfg, 4, 1)
     compiled = type(eager)(C=4, N=1, num_classes=4, in_channels=1, fused=True, compile_cells=True,
-                           device=device)
+                           cell_impl="elementwise", device=device)
     compiled.load_state_dict(eager.state_dict())
     x, y = torch.randn(16, 1, 8, 8, device=device), torch.randint(0, 4, (16,), device=device)
     for alpha in (torch.randn(6, 5, device=device), torch.randn(3, 6, 5, device=device)):
@@ -215,7 +215,7 @@ def test_compiled_cells_compute_the_same_function(tmp_path, device) -> None:
 @compile_ok
 @pytest.mark.parametrize("device", ["cuda" if torch.cuda.is_available() else "cpu"])
 def test_search_with_compiled_cells_matches_the_fast_path(tmp_path, device) -> None:
-    """The engine with compiled cells ends where the eager fast path does (mu, sigma to
+    """The engine with compiled (elementwise) cells ends where the eager fast path does (mu, sigma to
     1e-4, as the plain-path comparison), and the curvature diagnostic (double backward)
     still runs."""
     from bayesnas_core.search import search
@@ -232,6 +232,7 @@ def test_search_with_compiled_cells_matches_the_fast_path(tmp_path, device) -> N
         cfg = make_tiny_config(tmp_path, method="balenas", mc_samples=3)
         cfg.device = device
         cfg.search.compile_cells = comp
+        cfg.search.cell_impl = "elementwise" if comp else "matmul"  # as bench's compiled path
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             results.append(search(cfg, data, progress=False))
     torch.testing.assert_close(results[0].mu, results[1].mu, rtol=0, atol=1e-4)

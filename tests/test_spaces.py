@@ -160,12 +160,13 @@ def test_fused_cell_needs_plain_batchnorm() -> None:
         NB201Supernet(C=4, N=1, affine=True, fused=True)
 
 
-def test_conv_cell_impl_equals_matmul_impl() -> None:
-    """The two fused-cell implementations compute the same function: logits and every
+@pytest.mark.parametrize("impl", ["conv", "elementwise"])
+def test_cell_impls_equal_the_matmul_impl(impl) -> None:
+    """The fused-cell implementations compute the same function: logits and every
     gradient agree to 1e-12 in float64, for one alpha and for M=3."""
     torch.manual_seed(0)
     kw = dict(C=4, N=2, num_classes=5, in_channels=3, fused=True, dtype=torch.float64)
-    a, b = NB201Supernet(**kw), NB201Supernet(**kw, cell_impl="conv")
+    a, b = NB201Supernet(**kw), NB201Supernet(**kw, cell_impl=impl)
     b.load_state_dict(a.state_dict())
     x, y = torch.randn(8, 3, 8, 8, dtype=torch.float64), torch.randint(0, 5, (8,))
     for alpha in (torch.randn(6, 5, dtype=torch.float64), torch.randn(3, 6, 5, dtype=torch.float64)):

@@ -39,7 +39,7 @@ MAX_NODES = 4
 #: a fused node's convolution kernel(s) (see :func:`_fused_kernels`)
 Kernel = Tensor | tuple[Tensor, Tensor]
 #: implementations of the fused cell (see :meth:`_SearchCell.forward_folded`)
-CELL_IMPLS = ("matmul", "conv")
+CELL_IMPLS = ("matmul", "conv", "elementwise")
 #: (to_node, from_node) for each edge, in NB201 order.
 EDGES: tuple[tuple[int, int], ...] = tuple((i, j) for i in range(1, MAX_NODES) for j in range(i))
 NUM_EDGES = len(EDGES)
@@ -213,7 +213,10 @@ class _SearchCell(nn.Module):
         the mixing is a batched matmul. ``impl="conv"``: a 1x1 and a 3x3 convolution,
         BatchNorm through cuDNN (unit scale and zero shift given, which cuDNN needs),
         and the mixing as a grouped 1x1 convolution with weights ``mix[j] (x) I_C``.
-        Both compute the same function.
+        ``impl="elementwise"``: ``matmul``'s convolution and BatchNorm, and each edge
+        mixes its four non-zero candidates by broadcast multiply-adds, the form
+        ``torch.compile`` fuses with the BatchNorm and the sums into a few kernels (eager,
+        it is many small ones). All compute the same function.
         """
         if impl not in CELL_IMPLS:
             raise ValueError(f"unknown cell implementation {impl!r}; use one of {CELL_IMPLS}")
@@ -227,7 +230,7 @@ class _SearchCell(nn.Module):
             eps = ops[_OP["nor_conv_3x3"]].op[2].eps
             pooled = ops[_OP["avg_pool_3x3"]](flat)
             r = F.relu(flat)
-            if impl == "matmul":
+            if impl != "conv":
                 conv = F.conv2d(r, kernels[j], padding=1)
                 convs = [F.batch_norm(conv.view(B, M * 2 * k * C, H, W), None, None, training=True,
                                       momentum=0.0, eps=eps).view(B, M, 2 * k * C, H * W)]
@@ -237,13 +240,21 @@ class _SearchCell(nn.Module):
                 convs = [F.batch_norm(c.view(B, M * k * C, H, W), None, None, ones, zeros,
                                       training=True, momentum=0.0, eps=eps).view(B, M, k * C, H * W)
                          for c in (F.conv2d(r, k1), F.conv2d(r, k3, padding=1))]
-            cand = torch.cat([node.reshape(B, M, C, H * W), pooled.view(B, M, C, H * W), *convs], dim=2)
-            if impl == "matmul":
-                out = torch.bmm(mixers[j], cand.view(B * M, 2 + 2 * k, C * H * W))
+            ident, pool = node.reshape(B, M, C, H * W), pooled.view(B, M, C, H * W)
+            if impl == "elementwise":
+                y = convs[0]
+                outs = [w[0] * ident + w[1] * pool + w[2] * y[:, :, n * C:(n + 1) * C]
+                        + w[3] * y[:, :, (k + n) * C:(k + n + 1) * C]
+                        for n, w in enumerate(mixers[j])]  # w [4, M, 1, 1]: skip, pool, 1x1, 3x3
             else:
-                out = F.conv2d(cand.view(B, M * (2 + 2 * k) * C, H, W), mixers[j], groups=M)
-            # unbind, not indexing: its backward is one stack, not a zero-filled copy per edge
-            for n, t in enumerate(out.view(B, M, k, C * H * W).unbind(2)):
+                cand = torch.cat([ident, pool, *convs], dim=2)
+                if impl == "matmul":
+                    out = torch.bmm(mixers[j], cand.view(B * M, 2 + 2 * k, C * H * W))
+                else:
+                    out = F.conv2d(cand.view(B, M * (2 + 2 * k) * C, H, W), mixers[j], groups=M)
+                # unbind, not indexing: its backward is one stack, not a zero-filled copy per edge
+                outs = out.view(B, M, k, C * H * W).unbind(2)
+            for n, t in enumerate(outs):
                 terms[j + 1 + n].append(t)
             parts = terms[j + 1]
             node = parts[0]
@@ -284,10 +295,19 @@ def _mixing_matrices(weights: Tensor, index: Sequence[Tensor]) -> list[Tensor]:
 def _mixers(mix: Sequence[Tensor], impl: str, B: int, C: int) -> list[Tensor]:
     """The mixing matrices ``[M, k, 2 + 2k]`` in the form :meth:`_SearchCell.forward_folded`
     applies them, built once per forward and shared by every cell of width ``C``:
-    ``[B * M, k, 2 + 2k]`` for the batched matmul, or the grouped 1x1-convolution weight
-    ``mix (x) I_C`` ``[M * k * C, (2 + 2k) * C, 1, 1]``."""
+    ``[B * M, k, 2 + 2k]`` for the batched matmul, the grouped 1x1-convolution weight
+    ``mix (x) I_C`` ``[M * k * C, (2 + 2k) * C, 1, 1]``, or for ``elementwise`` each
+    out-edge's weights of its non-zero candidates ``[k, 4, M, 1, 1]``."""
     if impl == "matmul":
         return [m.expand(B, *m.shape).reshape(B * m.shape[0], *m.shape[1:]) for m in mix]
+    if impl == "elementwise":
+        out = []
+        for m in mix:
+            k = m.shape[1]
+            cols = torch.tensor([[0, 1, 2 + n, 2 + k + n] for n in range(k)], device=m.device)
+            w = torch.gather(m, 2, cols.expand(m.shape[0], k, 4))  # [M, k, 4]
+            out.append(w.permute(1, 2, 0)[..., None, None])
+        return out
     eye = torch.eye(C, device=mix[0].device, dtype=mix[0].dtype)
     return [(m[:, :, None, :, None] * eye[:, None, :]).reshape(m.shape[0] * m.shape[1] * C, -1, 1, 1)
             for m in mix]
@@ -296,8 +316,8 @@ def _mixers(mix: Sequence[Tensor], impl: str, B: int, C: int) -> list[Tensor]:
 def _fused_kernels(cells: Sequence["_SearchCell"], impl: str) -> list[list[Kernel]]:
     """Per cell and source node, the convolution kernels of the node's out-edges, for
     all ``cells`` (of one width) in a few concatenations rather than a few per node:
-    ``[2kC, C, 3, 3]`` (1x1 kernels zero-padded, then the 3x3 kernels) for ``matmul``,
-    or the pair ``([kC, C, 1, 1], [kC, C, 3, 3])`` for ``conv``."""
+    ``[2kC, C, 3, 3]`` (1x1 kernels zero-padded, then the 3x3 kernels) for ``matmul``
+    and ``elementwise``, or the pair ``([kC, C, 1, 1], [kC, C, 3, 3])`` for ``conv``."""
     def weights(op: str) -> list[Tensor]:
         return [cell.edges[e].ops[_OP[op]].op[1].weight
                 for cell in cells for out in _OUT_EDGES for e in out]
@@ -305,7 +325,7 @@ def _fused_kernels(cells: Sequence["_SearchCell"], impl: str) -> list[list[Kerne
     w1, w3 = weights("nor_conv_1x1"), weights("nor_conv_3x3")
     C = w1[0].shape[0]
     ks = [len(out) for _ in cells for out in _OUT_EDGES]
-    if impl == "matmul":
+    if impl != "conv":
         padded = F.pad(torch.cat(w1), (1, 1, 1, 1)).split(C)
         parts, i = [], 0
         for k in ks:
