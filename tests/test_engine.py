@@ -7,9 +7,11 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bayesnas_core.engine import StepEngine, engine_supported
 from bayesnas_core.search import build_arch_update, build_supernet, search_step
+from bayesnas_core.spaces.nb201 import CELL_IMPLS
 
 from conftest import make_tiny_config, make_tiny_data
 
@@ -91,6 +93,38 @@ def test_engine_state_round_trips_through_the_plain_optimizers(tmp_path) -> None
         e2.step(tb, vb)
     assert torch.equal(m2.alpha, model.alpha)
     assert torch.equal(a2.optimizer.state[m2.alpha]["exp_avg_sq"], arch.optimizer.state[model.alpha]["exp_avg_sq"])
+
+
+class _HostData(TorchDispatchMode):
+    """Records the tensors built from Python data (on CUDA: a copy from host memory)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == "lift_fresh":
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("impl", CELL_IMPLS)
+@pytest.mark.parametrize("method", ["darts", "balenas"])
+def test_engine_step_builds_no_tensor_from_host_data(tmp_path, method, impl) -> None:
+    """A CUDA graph cannot capture a copy from host memory, so the captured step (cells
+    of every implementation, mixing weights, optimizer updates) builds no tensor from
+    Python data."""
+    cfg, model, w_opt, arch = _setup(tmp_path, method, fused=True, dtype="float32")
+    model.cell_impl = impl
+    engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=5.0)
+    (tb, vb), = _batches(torch.float32, 1)
+    engine.step(tb, vb)  # the static buffers exist from here on
+    with _HostData() as record:
+        engine._compute()
+    assert record.seen == []
+    with _HostData() as record:  # the recorder sees one
+        torch.tensor([0, 1])
+    assert record.seen == ["aten.lift_fresh.default"]
 
 
 def test_engine_rejects_what_it_does_not_implement(tmp_path) -> None:

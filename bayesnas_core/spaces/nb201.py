@@ -212,7 +212,7 @@ class _SearchCell(nn.Module):
         kernel zero-padded, so it gets gradient only at its centre), one BatchNorm, and
         the mixing is a batched matmul. ``impl="conv"``: a 1x1 and a 3x3 convolution,
         BatchNorm through cuDNN (unit scale and zero shift given, which cuDNN needs),
-        and the mixing as a grouped 1x1 convolution with weights ``mix[j] (x) I_C``.
+        and the mixing as a grouped 1x1 convolution with weights ``mix (x) I_C``.
         ``impl="elementwise"``: ``matmul``'s convolution and BatchNorm, and each edge
         mixes its four non-zero candidates by broadcast multiply-adds, the form
         ``torch.compile`` fuses with the BatchNorm and the sums into a few kernels (eager,
@@ -300,12 +300,12 @@ def _mixers(mix: Sequence[Tensor], impl: str, B: int, C: int) -> list[Tensor]:
     out-edge's weights of its non-zero candidates ``[k, 4, M, 1, 1]``."""
     if impl == "matmul":
         return [m.expand(B, *m.shape).reshape(B * m.shape[0], *m.shape[1:]) for m in mix]
-    if impl == "elementwise":
+    if impl == "elementwise":  # slices only: no index tensor to copy inside a CUDA graph
         out = []
         for m in mix:
             k = m.shape[1]
-            cols = torch.tensor([[0, 1, 2 + n, 2 + k + n] for n in range(k)], device=m.device)
-            w = torch.gather(m, 2, cols.expand(m.shape[0], k, 4))  # [M, k, 4]
+            convs = [torch.diagonal(m[:, :, c:c + k], dim1=1, dim2=2)[..., None] for c in (2, 2 + k)]
+            w = torch.cat([m[:, :, :2], *convs], dim=2)  # [M, k, 4]: skip, pool, 1x1, 3x3
             out.append(w.permute(1, 2, 0)[..., None, None])
         return out
     eye = torch.eye(C, device=mix[0].device, dtype=mix[0].dtype)
