@@ -60,7 +60,7 @@ fi
 
 # M=3 first: its rows pick the searches' path, so a cut-short bench still has them
 # shellcheck disable=SC2086
-timeout "$(cap 200)" python3 -m bayesnas_core.bench --device "$device" $bench_args --mc 3 1 \
+timeout "$(cap 260)" python3 -m bayesnas_core.bench --device "$device" $bench_args --mc 3 1 \
     --out "$out" 2>&1 | tee "$out/bench.log"
 # the fastest working fast path for the searches: from the M=3 rows, else from any rows
 ranking=$(python3 - "$out" <<'PY'
