@@ -254,13 +254,14 @@ class StepEngine:
         if not self.model.compile_cells:
             yield
             return
+        before = [p.requires_grad for p in self.weights]
         for p in self.weights:
             p.requires_grad_(False)
         try:
             yield
         finally:
-            for p in self.weights:
-                p.requires_grad_(True)
+            for p, flag in zip(self.weights, before):
+                p.requires_grad_(flag)
 
     def _adam_step(self) -> tuple[Tensor, Tensor]:
         b, alpha, g = self._static, self.alpha, self.a_opt.param_groups[0]

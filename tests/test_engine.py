@@ -95,6 +95,39 @@ def test_engine_state_round_trips_through_the_plain_optimizers(tmp_path) -> None
     assert torch.equal(a2.optimizer.state[m2.alpha]["exp_avg_sq"], arch.optimizer.state[model.alpha]["exp_avg_sq"])
 
 
+@pytest.mark.parametrize("method", ["darts", "balenas"])
+def test_engine_with_compiled_cells_equals_eager_engine(tmp_path, monkeypatch, method) -> None:
+    """Compiled cells in the engine (dynamo and AOTAutograd without code generation, so
+    seconds on a CPU; inductor itself is covered by the ``compile`` tests): three float64
+    steps end where the eager engine's do, and the architecture step's constant weights
+    get their own requires_grad back, a weight frozen before it staying frozen."""
+    from torch._dynamo.utils import counters
+
+    from bayesnas_core.spaces import nb201
+
+    torch._dynamo.reset()
+    compiled = torch.compile(nb201._cell_forward, backend="aot_eager", dynamic=False)
+    monkeypatch.setattr(nb201, "_compiled_cell_forward", lambda: compiled)
+    _, em, ew, ea = _setup(tmp_path, method, fused=True, dtype="float64")
+    _, cm, cw, ca = _setup(tmp_path, method, fused=True, dtype="float64")
+    cm.load_state_dict(em.state_dict())
+    cm.compile_cells = True
+    eager = StepEngine(em, ew, ea.optimizer, grad_clip=1.0)
+    engine = StepEngine(cm, cw, ca.optimizer, grad_clip=1.0)
+    for tb, vb in _batches(torch.float64, 3):
+        eager.step(tb, vb)
+        engine.step(tb, vb)
+    assert counters["stats"]["unique_graphs"] >= 2  # weight step and architecture step
+    for p, q in zip(em.parameters(), cm.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-12)
+    assert all(p.requires_grad for p in engine.weights)
+    engine.weights[0].requires_grad_(False)
+    with engine._weights_constant():
+        assert not any(p.requires_grad for p in engine.weights)
+    assert not engine.weights[0].requires_grad and all(p.requires_grad for p in engine.weights[1:])
+    torch._dynamo.reset()
+
+
 class _HostData(TorchDispatchMode):
     """Records the tensors built from Python data (on CUDA: a copy from host memory)."""
 

@@ -349,9 +349,12 @@ def _compiled_cell_forward() -> Callable[..., Tensor]:
     """:func:`_cell_forward` through ``torch.compile`` (inductor fuses BN, pooling, the
     mixing and the sums around the convolutions). Built once per process; every cell of
     one shape shares a graph, because their parameters are graph inputs."""
-    # one graph per (width, M, which inputs need grad): up to 9 in a process that runs
-    # both methods, past dynamo's default limit of 8 (beyond it, cells would run eagerly)
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    # one graph per (width, M, which inputs need grad, input strides): about a dozen in a
+    # process that runs both methods, past dynamo's default limit of 8 (beyond it, cells
+    # would silently run eagerly); the limit was called cache_size_limit before torch 2.7
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 32))
     return torch.compile(_cell_forward, dynamic=False)
 
 
