@@ -23,11 +23,14 @@
 #   mkdir -p .carry/fmnist && cp ../shared/data/fashion-mnist/*.gz .carry/fmnist/
 #   run (carry [".carry"]): bash scripts/gpu_check.sh $OUT .carry/fmnist 540
 # then: bench JSON -> assets/bench/; finished runs: `python -m bayesnas_core.run export
-# RUN_DIR... --to assets/results/full-scale`; unfinished ones -> .carry/resume/.
+# RUN_DIR... --to assets/results/full-scale`; unfinished ones -> .carry/resume/, and a
+# second call goes straight to them: SEARCH_PATH=<path chosen> bash scripts/gpu_check.sh ...
 #
 # Environment overrides, for a dry run on a CPU: DEVICE (default cuda), BENCH_ARGS (default
 # "--preset nb201-paper --steps 100 --plain-steps 5 --warmup 3 --paths plain fast graph
-# graph-conv compiled"), RUN_ARGS (extra search flags), RESUME_DIR.
+# graph-conv compiled"), RUN_ARGS (extra search flags), RESUME_DIR. SEARCH_PATH (graph,
+# graph-conv or compiled) skips the tests and the bench and goes straight to the searches on
+# that path: for a session's second call, after the first one's bench chose it.
 set -uo pipefail
 out=${1:?OUT_DIR}; root=${2:?FMNIST_ROOT}; budget=${3:-540}; epochs=${4:-50}
 device=${DEVICE:-cuda}
@@ -48,22 +51,24 @@ work=$(mktemp -d)
 } > "$out/checks.log" 2>&1
 cat "$out/checks.log"
 
-if [ "$device" != cpu ]; then
-  # the CUDA tests only (seconds); the compile tests pass on a CPU with BAYESNAS_COMPILE_TESTS=1
-  # and would spend minutes of device time compiling tiny graphs
-  timeout "$(cap 90)" python3 -m pytest -q -o addopts="" -p no:cacheprovider -k "cuda and not compile" \
-      tests/test_engine.py 2>&1 | tee -a "$out/checks.log"
-  if [ "${PIPESTATUS[0]}" -ne 0 ]; then
-    echo "CUDA tests failed: see above" | tee -a "$out/checks.log"
+check_and_bench() {  # sets $choice: the path the searches use
+  if [ "$device" != cpu ]; then
+    # the CUDA tests only (seconds); the compile tests pass on a CPU with BAYESNAS_COMPILE_TESTS=1
+    # and would spend minutes of device time compiling tiny graphs
+    timeout "$(cap 90)" python3 -m pytest -q -o addopts="" -p no:cacheprovider -k "cuda and not compile" \
+        tests/test_engine.py 2>&1 | tee -a "$out/checks.log"
+    if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+      echo "CUDA tests failed: see above" | tee -a "$out/checks.log"
+    fi
   fi
-fi
 
-# M=3 first: its rows pick the searches' path, so a cut-short bench still has them
-# shellcheck disable=SC2086
-timeout "$(cap 260)" python3 -m bayesnas_core.bench --device "$device" $bench_args --mc 3 1 \
-    --out "$out" 2>&1 | tee "$out/bench.log"
-# the fastest working fast path for the searches: from the M=3 rows, else from any rows
-ranking=$(python3 - "$out" <<'PY'
+  # M=3 first: its rows pick the searches' path, so a cut-short bench still has them
+  # shellcheck disable=SC2086
+  timeout "$(cap 260)" python3 -m bayesnas_core.bench --device "$device" $bench_args --mc 3 1 \
+      --out "$out" 2>&1 | tee "$out/bench.log"
+  # the fastest working fast path for the searches: from the M=3 rows, else from any rows
+  local ranking next
+  ranking=$(python3 - "$out" <<'PY'
 import glob, json, sys
 rows = [r for f in glob.glob(sys.argv[1] + "/bench-*.json") for r in json.load(open(f))["rows"]
         if "error" not in r and r["path"] in ("graph", "graph-conv", "compiled")]
@@ -73,17 +78,24 @@ for r in sorted(rows, key=lambda r: r.get("mc_samples") != 3):  # M=3 rows win t
 print(" ".join(sorted(best, key=best.get)) or "graph")
 PY
 )
-choice=${ranking%% *}
-if [ "$choice" = compiled ] && [ "$device" != cpu ]; then
-  # compiled cells have been checked against the eager ones on a CPU only: check the
-  # compiled search on this GPU before trusting it with the runs, else take the runner-up
-  timeout "$(cap 150)" python3 -m pytest -q -o addopts="" -p no:cacheprovider \
-      -k "search_with_compiled_cells" tests/test_engine.py 2>&1 | tee -a "$out/checks.log"
-  if [ "${PIPESTATUS[0]}" -ne 0 ]; then
-    next=$(echo "$ranking" | awk '{print $2}')
-    echo "compiled search check failed: using ${next:-graph} instead" | tee -a "$out/checks.log"
-    choice=${next:-graph}
+  choice=${ranking%% *}
+  if [ "$choice" = compiled ] && [ "$device" != cpu ]; then
+    # compiled cells have been checked against the eager ones on a CPU only: check the
+    # compiled search on this GPU before trusting it with the runs, else take the runner-up
+    timeout "$(cap 150)" python3 -m pytest -q -o addopts="" -p no:cacheprovider \
+        -k "search_with_compiled_cells" tests/test_engine.py 2>&1 | tee -a "$out/checks.log"
+    if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+      next=$(echo "$ranking" | awk '{print $2}')
+      echo "compiled search check failed: using ${next:-graph} instead" | tee -a "$out/checks.log"
+      choice=${next:-graph}
+    fi
   fi
+}
+if [ -n "${SEARCH_PATH:-}" ]; then  # a later call of the session: straight to the searches
+  choice=$SEARCH_PATH
+  echo "SEARCH_PATH=$choice: tests and bench skipped" | tee -a "$out/checks.log"
+else
+  check_and_bench
 fi
 speed_args=""
 [ "$choice" = compiled ] && speed_args="--compile-cells --cell-impl elementwise"
