@@ -129,24 +129,25 @@ def test_engine_with_compiled_cells_equals_eager_engine(tmp_path, monkeypatch, m
 
 
 class _HostData(TorchDispatchMode):
-    """Records the tensors built from Python data (on CUDA: a copy from host memory)."""
+    """Records the tensors built from Python data (on CUDA: a copy from host memory) and
+    the values read back to Python (``.item()``, ``bool(t)``: on CUDA a sync)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ == "lift_fresh":
+        if func.overloadpacket.__name__ in ("lift_fresh", "_local_scalar_dense"):
             self.seen.append(str(func))
         return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("impl", CELL_IMPLS)
 @pytest.mark.parametrize("method", ["darts", "balenas"])
-def test_engine_step_builds_no_tensor_from_host_data(tmp_path, method, impl) -> None:
-    """A CUDA graph cannot capture a copy from host memory, so the captured step (cells
-    of every implementation, mixing weights, optimizer updates) builds no tensor from
-    Python data."""
+def test_engine_step_has_no_host_round_trip(tmp_path, method, impl) -> None:
+    """A CUDA graph cannot capture a copy from host memory or a read-back, so the
+    captured step (cells of every implementation, mixing weights, optimizer updates)
+    builds no tensor from Python data and reads no value back."""
     cfg, model, w_opt, arch = _setup(tmp_path, method, fused=True, dtype="float32")
     model.cell_impl = impl
     engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=5.0)
@@ -155,9 +156,9 @@ def test_engine_step_builds_no_tensor_from_host_data(tmp_path, method, impl) -> 
     with _HostData() as record:
         engine._compute()
     assert record.seen == []
-    with _HostData() as record:  # the recorder sees one
-        torch.tensor([0, 1])
-    assert record.seen == ["aten.lift_fresh.default"]
+    with _HostData() as record:  # the recorder sees both
+        torch.tensor([0, 1]).sum().item()
+    assert record.seen == ["aten.lift_fresh.default", "aten._local_scalar_dense.default"]
 
 
 def test_engine_rejects_what_it_does_not_implement(tmp_path) -> None:
