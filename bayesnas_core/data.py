@@ -252,11 +252,94 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("BAYESNAS_CACHE", Path.home() / ".cache" / "bayesnas"))
 
 
-def _unpack_fashion_gz(root: Path) -> Path:
+_FASHION_CLASSES = 10
+_FASHION_SIDE = 28
+_STAGING_PREFIX = ".staging-"
+_STALE_STAGING_S = 3600.0  # a staging folder this old was left by a killed unpack
+
+
+def _idx_problem(name: str, data: bytes, size: int) -> tuple[str | None, tuple[int, ...]]:
+    """Check one Fashion-MNIST idx file: ``data`` holds at least its header (all of it for
+    a label file), ``size`` is its full length. Returns (what is wrong or None, its dims)."""
+    ndim = 3 if "-images-" in name else 1
+    header = 4 + 4 * ndim
+    if size < header:
+        return f"is truncated ({size} bytes, shorter than its {header}-byte header)", ()
+    magic = int.from_bytes(data[:4], "big")
+    if magic != 0x0800 + ndim:
+        return f"is not an idx{ndim}-ubyte file (magic number 0x{magic:08x}, expected 0x{0x0800 + ndim:08x})", ()
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if ndim == 3 and dims[1:] != (_FASHION_SIDE, _FASHION_SIDE):
+        return f"holds {dims[1]}x{dims[2]} images, expected {_FASHION_SIDE}x{_FASHION_SIDE}", dims
+    need = header + int(np.prod(dims))
+    if size < need:
+        return f"is truncated ({size} bytes, its header announces {need})", dims
+    if size > need:
+        return f"has {size - need} unexpected bytes after the {need} its header announces", dims
+    if ndim == 1:
+        labels = np.frombuffer(data, dtype=np.uint8, offset=header)
+        bad = np.flatnonzero(labels >= _FASHION_CLASSES)
+        if bad.size:
+            i = int(bad[0])
+            return f"holds label {int(labels[i])} at index {i}, outside the classes 0..{_FASHION_CLASSES - 1}", dims
+    return None, dims
+
+
+def _check_fashion(
+    contents: dict[str, tuple[bytes, int]], shown: Callable[[str], str], fix: str, what: str
+) -> None:
+    """Raise a one-line UserError unless the four files form an intact Fashion-MNIST."""
+    dims = {}
+    for f in _FASHION_FILES:
+        problem, dims[f] = _idx_problem(f, *contents[f])
+        if problem:
+            raise UserError(f"{what} file {shown(f)} {problem}: {fix}")
+    for part in ("train", "t10k"):
+        images, labels = f"{part}-images-idx3-ubyte", f"{part}-labels-idx1-ubyte"
+        if dims[images][0] != dims[labels][0]:
+            raise UserError(
+                f"{what} file {shown(labels)} holds {dims[labels][0]} labels but {shown(images)} holds "
+                f"{dims[images][0]} images: {fix}"
+            )
+
+
+def _read_for_check(path: Path, what: str) -> tuple[bytes, int]:
+    """The header of an image file (all of a label file) and the file's size."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            return (fh.read(16) if "-images-" in path.name else fh.read()), size
+    except OSError as err:
+        raise UserError(f"{what} file {path} cannot be read ({type(err).__name__}): make it readable") from err
+
+
+def _clean_stale_staging(base: Path) -> None:
+    import shutil
+    import time
+
+    for p in base.glob(f"{_STAGING_PREFIX}*"):
+        try:
+            if time.time() - p.stat().st_mtime > _STALE_STAGING_S:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _unpack_fashion_gz(root: Path, what: str = "Fashion-MNIST") -> Path:
     """Accept the original ``*-ubyte.gz`` files (Zalando's release, Debian's
-    ``dataset-fashion-mnist``) in ``root`` or ``root/FashionMNIST/raw``: unpack them once
-    into the cache and return the root torchvision should read there."""
+    ``dataset-fashion-mnist``) in ``root`` or ``root/FashionMNIST/raw``: unpack them into
+    the cache and return the root torchvision should read there.
+
+    The cache folder is named by the content of the four files (their names, sizes and
+    sha256), so a changed file never reuses an old unpacked copy. The files are checked
+    (gzip intact, idx header, size, labels) before anything is written, unpacked into a
+    staging folder and published by one rename: a failed or killed unpack leaves nothing
+    that is later trusted."""
     import gzip
+    import os
+    import shutil
+    import tempfile
+    import zlib
 
     raw = root / "FashionMNIST" / "raw"
     if all((raw / f).is_file() for f in _FASHION_FILES):
@@ -267,27 +350,93 @@ def _unpack_fashion_gz(root: Path) -> Path:
         if not found:
             return root  # nothing to unpack: torchvision reports what is missing
         sources[f] = found[0]
-    target_root = _cache_dir() / "fashion-mnist" / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    intact = "replace it with an intact copy of the original file"
+
+    blobs, key = {}, hashlib.sha256()
+    for f, src in sources.items():
+        try:
+            blobs[f] = src.read_bytes()
+        except OSError as err:
+            raise UserError(f"{what} file {src} cannot be read ({type(err).__name__}): make it readable") from err
+        key.update(f"{f} {len(blobs[f])} {hashlib.sha256(blobs[f]).hexdigest()}\n".encode())
+    base = _cache_dir() / "fashion-mnist"
+    target_root = base / f"sha256-{key.hexdigest()[:32]}"
     target = target_root / "FashionMNIST" / "raw"
+    if target_root.is_dir():
+        if all((target / f).is_file() for f in _FASHION_FILES):
+            return target_root
+        shutil.rmtree(target_root, ignore_errors=True)  # files deleted by hand: unpack again
+
+    unpacked = {}
+    for f in _FASHION_FILES:
+        try:
+            unpacked[f] = gzip.decompress(blobs.pop(f))
+        except EOFError as err:
+            raise UserError(f"{what} file {sources[f]} is truncated (its gzip stream ends early): {intact}") from err
+        except (OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+            problem = f"is not an intact gzip file ({_one_line(err)})"
+            raise UserError(f"{what} file {sources[f]} {problem}: {intact}") from err
+    _check_fashion({f: (d, len(d)) for f, d in unpacked.items()}, lambda f: f"{sources[f]} (unpacked)", intact, what)
+
     from .runs import atomic_write_bytes
 
-    for f, src in sources.items():
-        if not (target / f).is_file():
-            with gzip.open(src, "rb") as fh:
-                atomic_write_bytes(target / f, fh.read())
+    staging = None
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        _clean_stale_staging(base)
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=base))
+        for f, data in unpacked.items():
+            atomic_write_bytes(staging / "FashionMNIST" / "raw" / f, data)
+        try:
+            os.rename(staging, target_root)
+        except OSError:
+            if not all((target / f).is_file() for f in _FASHION_FILES):
+                raise
+            # another process published the same content first: use its copy
+    except OSError as err:
+        raise UserError(
+            f"cannot unpack {what} into {base} ({type(err).__name__}: {_one_line(err)}): "
+            "free space there or set BAYESNAS_CACHE to a writable folder"
+        ) from err
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
     return target_root
 
 
 def _load_fashion(root: Path, download: bool, what: str) -> tuple[_Raw, _Raw]:
     import torchvision
 
-    root = _unpack_fashion_gz(_parent_if_named(root, "FashionMNIST"))
+    given = _parent_if_named(root, "FashionMNIST")
+    root = _unpack_fashion_gz(given, what)
+    raw = root / "FashionMNIST" / "raw"
+    if all((raw / f).is_file() for f in _FASHION_FILES):
+        if root != given:
+            fix = f"delete the cache folder {root} and run again"
+        elif "subset" in what:
+            fix = "replace it with the shipped copy (assets/data/make_subset.py regenerates the subset)"
+        else:
+            fix = "replace it with an intact copy of the original file, or delete it and pass --download to fetch it"
+        _check_fashion({f: _read_for_check(raw / f, what) for f in _FASHION_FILES}, lambda f: str(raw / f), fix, what)
     put = "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (or the four .gz files)"
     out = []
     for train in (True, False):
         ds = _torchvision(torchvision.datasets.FashionMNIST, root, train, download, what, put)
         out.append((ds.data.unsqueeze(-1), ds.targets.numpy().astype(np.int64)))
     return out[0], out[1]
+
+
+def _check_labels(images: Any, labels: np.ndarray, num_classes: int, what: str, root: Path, fix: str) -> None:
+    """Raise a one-line UserError unless there is one label per image, each in 0..num_classes-1."""
+    if len(images) != len(labels):
+        raise UserError(f"{what} under {root} holds {len(images)} images but {len(labels)} labels: {fix}")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise UserError(
+            f"{what} under {root} holds label {int(labels[i])} at index {i}, "
+            f"outside the classes 0..{num_classes - 1}: {fix}"
+        )
 
 
 def _load_cifar(cls_name: str, root: Path, download: bool, what: str) -> tuple[_Raw, _Raw]:
@@ -298,7 +447,10 @@ def _load_cifar(cls_name: str, root: Path, download: bool, what: str) -> tuple[_
     out = []
     for train in (True, False):
         ds = _torchvision(factory, root, train, download, what, factory.base_folder)
-        out.append((ds.data, np.asarray(ds.targets, dtype=np.int64)))
+        targets = np.asarray(ds.targets, dtype=np.int64).reshape(-1)
+        fix = f"delete {factory.base_folder} and pass --download to fetch it again"
+        _check_labels(ds.data, targets, _NUM_CLASSES.get(cls_name.lower(), 10), what, root, fix)
+        out.append((ds.data, targets))
     return out[0], out[1]
 
 

@@ -414,3 +414,32 @@ def test_fashion_mnist_from_original_gz_files(tmp_path, monkeypatch):
     assert np.array_equal(_pixels(data.train, "fashion-mnist")[:, 0], train_x[:10])
     assert sorted(p.name for p in src.iterdir()) == before  # nothing written beside the .gz
     assert any((tmp_path / "cache").rglob("train-images-idx3-ubyte"))
+
+
+@pytest.mark.parametrize("bad", [10, -1])
+def test_cifar10_label_out_of_range_is_a_one_line_user_error(tmp_path, skip_cifar_md5, bad):
+    folder = _write_cifar10(tmp_path)
+    with open(folder / "data_batch_2", "rb") as f:
+        batch = pickle.load(f)
+    batch["labels"][1] = bad
+    _dump(folder / "data_batch_2", batch)
+    with pytest.raises(UserError, match=f"label {bad} at index 5, outside the classes 0..9: delete cifar-10-batches-py "
+                                        "and pass --download") as err:
+        load_search_data("cifar10", tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_cifar100_label_out_of_range_and_count_mismatch_are_user_errors(tmp_path, skip_cifar_md5):
+    _write_cifar100(tmp_path)
+    path = tmp_path / "cifar-100-python" / "test"
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    entry["fine_labels"][3] = 100
+    _dump(path, entry)
+    with pytest.raises(UserError, match="label 100 at index 3, outside the classes 0..99: delete cifar-100-python"):
+        load_search_data("cifar100", tmp_path)
+    entry["fine_labels"] = entry["fine_labels"][:-1]  # 10 images, 9 labels
+    entry["fine_labels"][3] = 99
+    _dump(path, entry)
+    with pytest.raises(UserError, match="10 images but 9 labels: delete cifar-100-python"):
+        load_search_data("cifar100", tmp_path)
