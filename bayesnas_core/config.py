@@ -8,8 +8,10 @@ directory and checkpoint, and :func:`config_from_dict` reads it back.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any, Callable
+from types import UnionType
+from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 from .errors import UserError
 
@@ -26,7 +28,8 @@ __all__ = [
     "SELECTORS",
     "check_device",
     "SPEED_ONLY_FIELDS",
-    "search_settings",
+    "RESUMABLE_CHANGES",
+    "config_differences",
 ]
 
 METHODS = ("darts", "balenas")
@@ -143,9 +146,26 @@ class RunConfig:
             raise UserError(f"unknown search space {self.space.name!r}; use nb201")
         if self.dtype not in ("float32", "float64"):
             raise UserError(f"--dtype must be float32 or float64, got {self.dtype!r}")
-        for name, value in (("--a-lr", s.a_lr), ("--w-lr", s.w_lr)):
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"--seed must be an integer from 0 to {MAX_SEED}, got {self.seed}")
+        for name, value in _numbers(self):
+            if not math.isfinite(value):
+                raise UserError(f"{name} must be a finite number, got {value}")
+        for name, value in (("--a-lr", s.a_lr), ("--w-lr", s.w_lr), ("grad_clip", s.grad_clip),
+                            ("unrolled_eps", s.unrolled_eps)):
             if not value > 0:
                 raise UserError(f"{name} must be positive, got {value}")
+        for name, value in (("w_momentum", s.w_momentum), ("a_betas[0]", s.a_betas[0]),
+                            ("a_betas[1]", s.a_betas[1])):
+            if not 0 <= value < 1:
+                raise UserError(f"{name} must be in [0, 1), got {value}")
+        if s.w_weight_decay < 0 or s.a_weight_decay < 0:
+            raise UserError("weight decays must be >= 0, got "
+                            f"w_weight_decay {s.w_weight_decay}, a_weight_decay {s.a_weight_decay}")
+        if s.num_data is not None and s.num_data < 1:
+            raise UserError(f"num_data must be at least 1 (or null: the valid split's size), got {s.num_data}")
+        if self.data.limit is not None and self.data.limit < 1:
+            raise UserError(f"--limit must be at least 1, got {self.data.limit}")
         if s.w_lr_min < 0 or s.prior_precision <= 0 or s.prec_init < s.prior_precision:
             raise UserError("need w_lr_min >= 0, prior_precision > 0 and prec_init >= prior_precision "
                             f"(got {s.w_lr_min}, {s.prior_precision}, {s.prec_init})")
@@ -158,6 +178,17 @@ class RunConfig:
             raise UserError(f"--image-size must be a multiple of 4 (two stride-2 stages), got {size}")
         check_device(self.device)
         return self
+
+
+#: the largest seed (derived seeds add small offsets and must stay within 64 bits)
+MAX_SEED = 2**31 - 1
+
+
+def _numbers(cfg: RunConfig) -> list[tuple[str, float]]:
+    """Every float of ``cfg`` as ``(name, value)``; a field with a flag is named by it."""
+    flags = {"search.a_lr": "--a-lr", "search.w_lr": "--w-lr"}
+    floats = [(flags.get(k, k), v) for k, v in _flatten(asdict(cfg)).items() if isinstance(v, float)]
+    return floats + [(f"search.a_betas[{i}]", float(b)) for i, b in enumerate(cfg.search.a_betas)]
 
 
 def check_device(device: str) -> None:
@@ -235,33 +266,90 @@ def get_preset(name: str) -> RunConfig:
         raise UserError(f"unknown preset {name!r}; use --preset one of {', '.join(PRESETS)}") from None
 
 
-def config_from_dict(d: dict[str, Any]) -> RunConfig:
-    """Rebuild a :class:`RunConfig` from ``asdict(cfg)`` (e.g. a run's config.json)."""
-    d = copy.deepcopy(d)
-    sub = {"space": SpaceConfig, "data": DataConfig, "search": SearchConfig, "select": SelectConfig}
-    kwargs: dict[str, Any] = {}
-    names = {f.name for f in fields(RunConfig)}
-    for key, value in d.items():
-        if key not in names:
-            continue
-        if key in sub:
-            cls = sub[key]
-            known = {f.name for f in fields(cls)}
-            value = cls(**{k: v for k, v in value.items() if k in known})
-            if isinstance(value, SearchConfig):
-                value.a_betas = tuple(value.a_betas)  # JSON turns tuples into lists
-        kwargs[key] = value
-    return RunConfig(**kwargs)
+def config_from_dict(d: Any, *, where: str = "the configuration") -> RunConfig:
+    """Rebuild a :class:`RunConfig` from ``asdict(cfg)`` (e.g. a run's config.json).
+
+    Unknown keys are ignored and missing ones take their defaults (configs written by
+    older versions still load); a value of the wrong type raises a one-line
+    :class:`UserError` that names ``where`` and the field.
+    """
+    return _from_dict(RunConfig, copy.deepcopy(d), where, "")
+
+
+def _from_dict(cls: type, d: Any, where: str, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise UserError(f"{where}: {prefix.rstrip('.') or 'the top level'} must be a JSON object, "
+                        f"got {_json_type(d)}; restore the file or start a new run")
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in d:
+            kwargs[f.name] = _typed(d[f.name], hints[f.name], where, prefix + f.name)
+    return cls(**kwargs)
+
+
+def _typed(value: Any, hint: Any, where: str, name: str) -> Any:
+    """``value`` as the annotated type ``hint``, or a one-line UserError."""
+    if is_dataclass(hint):
+        return _from_dict(hint, value, where, name + ".")
+    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for t in options:
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+        if get_origin(t) is tuple and isinstance(value, (list, tuple)) and len(value) == len(get_args(t)):
+            return tuple(_typed(v, a, where, name) for v, a in zip(value, get_args(t)))
+    wanted = " or ".join(_type_name(t) for t in options)
+    raise UserError(f"{where}: {name} must be {wanted}, got {value!r}; restore the file or "
+                    "start a new run")
+
+
+def _type_name(t: Any) -> str:
+    if t is type(None):
+        return "null"
+    if get_origin(t) is tuple:
+        return f"a list of {len(get_args(t))} numbers"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
+
+
+def _json_type(value: Any) -> str:
+    return {list: "a list", str: "a string", type(None): "null", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+#: Fields that may differ between a run's stored configuration and the one it resumes
+#: with: where it runs and where runs go, not what it computes
+RESUMABLE_CHANGES = ("device", "out", "data.download")
+
+
+def config_differences(a: RunConfig, b: RunConfig) -> list[str]:
+    """The dotted names of the fields in which ``a`` and ``b`` differ, leaving out
+    :data:`RESUMABLE_CHANGES` and the speed-only search fields."""
+    skip = set(RESUMABLE_CHANGES) | {f"search.{k}" for k in SPEED_ONLY_FIELDS}
+    fa, fb = _flatten(asdict(a)), _flatten(asdict(b))
+    return sorted(k for k in fa.keys() | fb.keys() if k not in skip and fa.get(k) != fb.get(k))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = list(v) if isinstance(v, tuple) else v
+    return out
 
 
 #: SearchConfig fields that choose how a step is computed, not what it computes: a run may
 #: be resumed with other values
 SPEED_ONLY_FIELDS = ("batched_mc", "fused_cell", "cuda_graph", "compile_cells", "cell_impl")
-
-
-def search_settings(cfg: RunConfig) -> dict[str, Any]:
-    """The search settings that define a run's result (all but :data:`SPEED_ONLY_FIELDS`)."""
-    return {k: v for k, v in asdict(cfg.search).items() if k not in SPEED_ONLY_FIELDS}
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -20,3 +20,13 @@ class UserError(Exception):
 
 class NonFiniteLossError(UserError):
     """The search produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run or study; ``str(err)`` is one line saying what was kept and
+    the exact command that continues."""
+
+    def __init__(self, message: str) -> None:
+        if "\n" in message:
+            raise ValueError("Interrupted messages must be a single line")
+        super().__init__(message)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import torch
 from torch import Tensor
@@ -23,11 +24,11 @@ from torch import Tensor
 from .benchmarks import GroundTruth, missing_hint, open_benchmark
 from .config import SPEED_ONLY_FIELDS, RunConfig, config_from_dict, to_dict
 from .data import BatchIterator, SearchData, load_search_data
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .runs import RunDir, atomic_write_bytes, atomic_write_json, environment_info
-from .search import SearchResult, search
+from .search import SearchResult, check_resumable, search, search_batches
 from .select import select_tf
-from .spaces import Arch
+from .spaces import EDGES, Arch
 
 __all__ = [
     "load_data",
@@ -46,6 +47,9 @@ __all__ = [
     "bayesian_regression_demo",
     "mc_gradient_spread",
 ]
+
+#: True: progress bars; a callable: one plain line per epoch; False: nothing
+Progress = Union[bool, Callable[[str], Any]]
 
 #: Offset of the seed of the generator that draws BaLeNAS-TF samples.
 TF_SEED_OFFSET = 104729
@@ -70,7 +74,7 @@ def ground_truth_record(gt: GroundTruth) -> dict[str, Any]:
 
 
 def select_from_result(cfg: RunConfig, result: SearchResult, data: SearchData,
-                       bench: Any, *, progress: bool = True) -> dict[str, Any]:
+                       bench: Any, *, progress: Progress = True) -> dict[str, Any]:
     """Apply ``cfg.select`` to a finished search; returns a JSON-ready record."""
     sel = cfg.select
     argmax_gt = ground_truth_record(bench.query(str(result.arch)))
@@ -88,7 +92,7 @@ def select_from_result(cfg: RunConfig, result: SearchResult, data: SearchData,
                    image_size=data.image_size, batch=batch, C=sel.C, N=sel.N, generator=gen,
                    device=cfg.device, init_seed=cfg.seed,
                    progress=lambda xs: tqdm(xs, desc=f"{sel.method} scoring", leave=False,
-                                            disable=not progress))
+                                            disable=progress is not True))
     out["arch"] = str(tf.best)
     out["ground_truth"] = ground_truth_record(bench.query(str(tf.best)))
     out["samples"] = sel.samples
@@ -108,8 +112,50 @@ def _run_name(cfg: RunConfig) -> str:
     return f"{stamp}-{s.method}-o{s.order}{mc}-s{cfg.seed}"
 
 
+def result_context(bench: Any, arch: str, metric: str = "cifar10_test") -> dict[str, Any]:
+    """What a selected cell's ground truth means: its parameter-free ops out of six, and
+    where its ``metric`` stands among all NB201 cells (their mean, population std, and the
+    share of cells it beats), from ``bench`` at run time."""
+    values = [v for v in bench.column(metric) if v is not None]
+    mine = bench.query(arch).metrics.get(metric)
+    mean, std = mean_std(values)
+    free = Arch.parse(arch).num_parameter_free
+    return {"metric": metric, "all_cells_mean": mean, "all_cells_std": std, "cells": len(values),
+            "beats_share": None if mine is None else sum(v < mine for v in values) / len(values),
+            "parameter_free_ops": free, "edges": len(EDGES), "collapsed": free == len(EDGES)}
+
+
+def explain_lines(context: dict[str, Any], value: float | None) -> list[str]:
+    """The lines the CLI prints under a result to say what it means."""
+    c = context
+    free = (f"{c['parameter_free_ops']}/{c['edges']} edges are parameter-free (none, skip or pooling)"
+            + (": the search collapsed, the failure BaLeNAS is meant to resist"
+               if c["collapsed"] else ""))
+    lines = [f"what this means: {free}."]
+    if value is not None and c["beats_share"] is not None:
+        lines.append(f"  {c['metric']} {value:.2f} %: better than {100 * c['beats_share']:.0f} % of "
+                     f"the {c['cells']:,} NB201 cells (a random cell: {c['all_cells_mean']:.2f} "
+                     f"± {c['all_cells_std']:.2f} %).")
+    lines.append("  more: README.md ('What the main job does'), lessons 1 and 2 (DARTS collapse, "
+                 "the Gaussian posterior).")
+    return lines
+
+
+def interrupted_message(run: RunDir) -> str:
+    """One line for Ctrl-C: what the run directory holds and the command that continues."""
+    if run.checkpoint_path.is_file():
+        try:
+            done = f"epoch {run.load_checkpoint()['epoch']}"
+        except UserError:
+            done = "an epoch (the checkpoint did not load)"
+        return (f"interrupted; {run.path} has a checkpoint after {done}: continue with "
+                f"python -m bayesnas_core.run --resume {shlex.quote(str(run.path))}")
+    return (f"interrupted before the first epoch ended; {run.path} holds only config.json and "
+            "env.json (no checkpoint): delete it and run the command again")
+
+
 def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
-               progress: bool = True, log: Callable[[str], None] = print,
+               progress: Progress = True, log: Callable[[str], None] = print,
                bench: Any = None, data: SearchData | None = None,
                device: str | None = None, speed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Search, select and look up; write and return the result record.
@@ -120,7 +166,7 @@ def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None
     """
     if resume is not None:
         run = RunDir.open(resume)
-        cfg = config_from_dict(run.read_json("config.json"))
+        cfg = config_from_dict(run.read_json("config.json"), where=str(run.path / "config.json"))
         if device is not None:
             cfg.device = device
         for key, value in (speed or {}).items():
@@ -128,7 +174,8 @@ def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None
                 raise ValueError(f"{key} is not a speed-only setting")
             setattr(cfg.search, key, value)
         cfg.validate()
-        run.load_checkpoint()  # fail early, with one line, on a missing or corrupt file
+        # fail early, with one line, on a missing, corrupt, unsafe or mismatched checkpoint
+        check_resumable(cfg, run.load_checkpoint(), run.path)
         log(f"resuming {run.path}")
     else:
         if cfg is None:
@@ -139,6 +186,7 @@ def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None
     bench = bench if bench is not None else open_benchmark(cfg.nb201_file)
     data = data if data is not None else load_data(cfg)
     data_load_s = time.perf_counter() - t_start
+    search_batches(cfg, data)  # a split smaller than a batch: one line, before any folder
     if run is None:
         run = RunDir.create(cfg.out, _run_name(cfg), to_dict(cfg), environment_info(cfg.device))
         log(f"run directory: {run.path}")
@@ -149,10 +197,13 @@ def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None
         gt = bench.query(str(arch))
         return {f"gt_{k}": v for k, v in gt.metrics.items() if v is not None}
 
-    result = search(cfg, data, run=run, resume=resume is not None, progress=progress,
-                    on_epoch=on_epoch)
-    t_select = time.perf_counter()
-    selection = select_from_result(cfg, result, data, bench, progress=progress)
+    try:
+        result = search(cfg, data, run=run, resume=resume is not None, progress=progress,
+                        on_epoch=on_epoch)
+        t_select = time.perf_counter()
+        selection = select_from_result(cfg, result, data, bench, progress=progress)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(run)) from None
     selection_s = time.perf_counter() - t_select
     record = {
         "method": cfg.search.method,
@@ -173,6 +224,7 @@ def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None
         "selection_s": selection_s,
         "session_wall_time_s": time.perf_counter() - t_start,  # load + search + selection
         "run_dir": str(run.path),
+        "context": result_context(bench, selection["arch"]),
     }
     run.write_json("result.json", record)
     return record
@@ -195,11 +247,14 @@ class _Ledger:
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.path = path
         self.data: dict[str, Any] = {"meta": meta, "done": {}}
-        if path.is_file():
+        writable_folder(path.parent, "--results")
+        if path.exists():
             try:
                 stored = json.loads(path.read_text())
-            except ValueError:
+            except (ValueError, OSError):
                 raise UserError(f"{path} is corrupt; delete it to start the study again") from None
+            if not (isinstance(stored, dict) and isinstance(stored.get("done"), dict)):
+                raise UserError(f"{path} is not a study ledger; delete it to start the study again")
             if stored.get("meta") != json.loads(json.dumps(meta)):
                 raise UserError(f"{path} was made with other settings; use another --results "
                                 "folder or delete it")
@@ -211,6 +266,24 @@ class _Ledger:
     def put(self, key: str, value: Any) -> None:
         self.data["done"][key] = value
         atomic_write_json(self.path, self.data)
+
+
+def writable_folder(path: str | Path, flag: str) -> Path:
+    """Make sure ``path`` is a folder this process can write (creating it); otherwise a
+    one-line :class:`UserError` naming ``flag``. Creates nothing else."""
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; pass {flag} a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write into {flag} {path} ({err.strerror or type(err).__name__}); "
+                        f"pass {flag} a writable folder") from None
+    return path
 
 
 def _summary_of(record: dict[str, Any]) -> dict[str, Any]:
@@ -293,7 +366,7 @@ def _write_table(results_dir: Path, stem: str, title: str, command: str,
 
 
 def ablation_mc(cfg: RunConfig, mcs: list[int], seeds: list[int], *, results_dir: str | Path,
-                command: str = "", progress: bool = True, log: Callable[[str], None] = print,
+                command: str = "", progress: Progress = True, log: Callable[[str], None] = print,
                 bench: Any = None) -> dict[str, Any]:
     """The seed's Table 5: BaLeNAS for each M and seed, plus Random and DARTS rows."""
     results_dir = Path(results_dir)
@@ -325,7 +398,7 @@ def ablation_mc(cfg: RunConfig, mcs: list[int], seeds: list[int], *, results_dir
 
 
 def ablation_tf(cfg: RunConfig, proxies: list[str], samples: list[int], seeds: list[int], *,
-                results_dir: str | Path, command: str = "", progress: bool = True,
+                results_dir: str | Path, command: str = "", progress: Progress = True,
                 log: Callable[[str], None] = print, bench: Any = None) -> dict[str, Any]:
     """The seed's Table 4: BaLeNAS argmax vs BaLeNAS-TF with each proxy and K.
 
@@ -364,7 +437,7 @@ def ablation_tf(cfg: RunConfig, proxies: list[str], samples: list[int], seeds: l
                                  batch=batch, C=sel.C, N=sel.N, device=cfg.device,
                                  init_seed=seed,
                                  progress=lambda xs: tqdm(xs, desc=f"{proxy} s{seed}", leave=False,
-                                                          disable=not progress))
+                                                          disable=progress is not True))
             score_of = {c.arch.canonical: c.score for c in scored}
             for k in samples:
                 cands = unique_networks(draws[:k])
@@ -404,7 +477,7 @@ def rank_correlations(scores: list[float], accs: list[float]) -> dict[str, float
 
 def proxy_study(cfg: RunConfig, counts: dict[str, int], *, results_dir: str | Path,
                 seed: int = 0, C: int = 16, N: int = 5, command: str = "",
-                progress: bool = True, log: Callable[[str], None] = print,
+                progress: Progress = True, log: Callable[[str], None] = print,
                 bench: Any = None, save_every: int = 10) -> dict[str, Any]:
     """Score uniformly random NB201 cells with each proxy; rank-correlate with accuracy.
 
@@ -426,9 +499,13 @@ def proxy_study(cfg: RunConfig, counts: dict[str, int], *, results_dir: str | Pa
     ledger = _Ledger(results_dir / "proxy-study.ledger.json",
                      {"seed": seed, "C": C, "N": N, "data": to_dict(cfg)["data"]})
     for proxy, count in counts.items():
-        done: list[list[Any]] = list(ledger.get(proxy) or [])
+        done: list[list[Any]] = list(ledger.get(proxy) or [])[:count]  # a larger earlier
+        # request's ledger holds this one's cells as a prefix; only those are reported
+        if [row[0] for row in done] != order[:len(done)]:
+            raise UserError(f"{ledger.path} does not hold this study's cells; delete it or use "
+                            "another --results folder")
         todo = order[len(done):count]
-        bar = tqdm(total=count, initial=len(done), desc=f"{proxy}", disable=not progress)
+        bar = tqdm(total=count, initial=len(done), desc=f"{proxy}", disable=progress is not True)
         for start in range(0, len(todo), save_every):
             chunk = [Arch.parse(bench.arch_str(i)) for i in todo[start:start + save_every]]
             scored = score_archs(chunk, proxy=proxy, num_classes=data.num_classes,
@@ -444,8 +521,8 @@ def proxy_study(cfg: RunConfig, counts: dict[str, int], *, results_dir: str | Pa
                                                                      data.image_size],
                                "batch_size": cfg.data.batch_size, "correlations": {},
                                "scores": {}}
-    for proxy in counts:
-        rows = ledger.get(proxy)
+    for proxy, count in counts.items():
+        rows = ledger.get(proxy)[:count]
         summary["scores"][proxy] = [
             {"index": i, "arch": bench.arch_str(i), "score": sc, "log10": lg,
              **{t: bench.query(i).metrics[t] for t in TARGETS}} for i, sc, lg in rows]
@@ -584,28 +661,92 @@ def load_run_metrics(name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+#: the files of a run directory that ``export`` copies (everything but the checkpoint)
+EXPORTED_FILES = ("config.json", "env.json", "metrics.jsonl", "history.json", "result.json")
+
+
 def export_runs(run_dirs: list[str | Path], dest: str | Path) -> dict[str, Any]:
-    """Copy finished runs' records (no checkpoints) to ``dest`` and write ``summary.json``.
+    """Copy finished runs' records (no checkpoints) to ``dest`` and merge ``summary.json``.
 
     Each run keeps config, env (versions, device, command line), metrics, history and
     result; the summary has one row per run with the method, seed, selected cell, its
-    ground truth, mu, sigma, parameter-free ops, wall time, device and command.
-    """
-    import shlex
-    import shutil
+    ground truth, mu, sigma, parameter-free ops, wall time, device and command. Rows of
+    runs already in ``dest`` are kept; re-exporting a run replaces its own row.
 
-    dest = Path(dest)
-    rows = []
+    Everything is checked before anything is written: each run is complete and readable,
+    no two runs share a folder name, ``dest`` does not already hold another run under
+    that name, and every target stays inside ``dest``. A mistake is a one-line
+    :class:`UserError` and ``dest`` is left as it was.
+    """
+    dest_path = Path(dest)
+    if dest_path.exists() and not dest_path.is_dir():
+        raise UserError(f"--to {dest_path} is a file, not a folder; pass --to a folder")
+    dest_root = dest_path.resolve()
+    plans: list[tuple[RunDir, Path, dict[str, Any]]] = []
+    seen: dict[str, Path] = {}
     for d in run_dirs:
-        run = RunDir(d)
-        result, env = run.read_json("result.json"), run.read_json("env.json")
-        target = dest / run.path.name
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("config.json", "env.json", "metrics.jsonl", "history.json", "result.json"):
-            shutil.copyfile(run.path / name, target / name)
+        src = Path(d).resolve()
+        if not src.is_dir():
+            raise UserError(f"no run directory at {d}; pass export the folders that runs printed")
+        run = RunDir(src)
+        for name in EXPORTED_FILES:
+            if not (src / name).is_file():
+                raise UserError(f"{src / name} is missing; {d} is not a finished run (finish it "
+                                "with --resume, or leave it out of the export)")
+        record = _export_row(run)
+        if src.name in seen:
+            raise UserError(f"{seen[src.name]} and {src} share the folder name {src.name}; rename "
+                            "one, or export them to different --to folders")
+        seen[src.name] = src
+        target = dest_root / src.name
+        if target.parent != dest_root or src == dest_root or src in target.parents:
+            raise UserError(f"{d} would be exported outside {dest_path} or into itself; pass "
+                            "the run folder itself")
+        existing = target / "result.json"
+        if target.exists() and not (existing.is_file() and _same_run(existing, src / "result.json")):
+            raise UserError(f"{target} already holds another run named {src.name}; export to "
+                            "another --to folder or remove that one first")
+        plans.append((run, target, record))
+    summary_path = dest_root / "summary.json"
+    rows: dict[str, dict[str, Any]] = {}
+    if summary_path.exists():
+        try:
+            old = json.loads(summary_path.read_text())
+            rows = {r["run"]: r for r in old["runs"]}
+        except (ValueError, KeyError, TypeError, OSError):
+            raise UserError(f"{summary_path} is not an export summary; move it away or export "
+                            "to another --to folder") from None
+    writable_folder(dest_root, "--to")
+    for run, target, record in plans:
+        target.mkdir(exist_ok=True)
+        for name in EXPORTED_FILES:
+            atomic_write_bytes(target / name, (run.path / name).read_bytes())
+        rows[record["run"]] = record
+    ordered = sorted(rows.values(), key=lambda r: (r["method"], r["mc_samples"] or 0, r["seed"],
+                                                   r["run"]))
+    summary = {"runs": ordered}
+    atomic_write_json(summary_path, summary)
+    return summary
+
+
+def _same_run(a: Path, b: Path) -> bool:
+    """Whether two result.json files are the same run (a re-export of it)."""
+    try:
+        ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    except (ValueError, OSError):
+        return False
+    keys = ("method", "seed", "mu", "arch", "wall_time_s")
+    return all(ra.get(k) == rb.get(k) for k in keys)
+
+
+def _export_row(run: RunDir) -> dict[str, Any]:
+    """The summary row of one finished run; a malformed record is a one-line UserError."""
+    result, env = run.read_json("result.json"), run.read_json("env.json")
+    run.read_json("config.json"), run.read_json("history.json"), run.read_metrics()
+    try:
         last = result["final_epoch"] or {}
         argv = env.get("argv") or []
-        rows.append({
+        return {
             "run": run.path.name, "method": result["method"], "order": result["order"],
             "mc_samples": result["mc_samples"], "seed": result["seed"], "preset": result["preset"],
             "arch": result["arch"], "parameter_free_ops": Arch.parse(result["arch"]).num_parameter_free,
@@ -614,8 +755,7 @@ def export_runs(run_dirs: list[str | Path], dest: str | Path) -> dict[str, Any]:
             "wall_time_s": result["wall_time_s"], "data_load_s": result.get("data_load_s"),
             "session_wall_time_s": result.get("session_wall_time_s"), "device": env.get("device"),
             "command": "python -m bayesnas_core.run " + " ".join(map(shlex.quote, argv[1:])),
-        })
-    rows.sort(key=lambda r: (r["method"], r["mc_samples"] or 0, r["seed"]))
-    summary = {"runs": rows}
-    atomic_write_json(dest / "summary.json", summary)
-    return summary
+        }
+    except (KeyError, TypeError, AttributeError):
+        raise UserError(f"{run.path / 'result.json'} is not a finished run's result; leave "
+                        f"{run.path} out of the export") from None

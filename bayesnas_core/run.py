@@ -9,6 +9,8 @@ Commands:
 - ``export RUN_DIR... --to DIR``: copy finished runs' records into a results folder.
 - ``proxies``: rank correlation of each zero-cost proxy with NB201 accuracy.
 
+``--help`` before any command lists them all (:func:`overview`).
+
 Every user mistake ends with one line on stderr that names the fix, and exit status 2.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import METHODS, PRESETS, SELECTORS, RunConfig, get_preset
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 __all__ = ["main", "build_config"]
 
@@ -116,6 +118,16 @@ def _speed_options(args: argparse.Namespace) -> dict[str, Any]:
     return speed
 
 
+def _progress(args: argparse.Namespace) -> Any:
+    """Progress bars on a terminal; one plain line per epoch when stderr (where the bars
+    go) is a file or a pipe; nothing with --no-progress."""
+    if args.no_progress:
+        return False
+    if sys.stderr.isatty():
+        return True
+    return lambda line: print(line, flush=True)
+
+
 def _print_result(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
     from .benchmarks import GroundTruth, format_ground_truth
 
@@ -130,6 +142,11 @@ def _print_result(result: dict[str, Any], out: Callable[[str], None] = print) ->
     out(format_ground_truth(gt))
     if rec["hint"]:
         out(f"  ({rec['hint']})")
+    if result.get("context"):
+        from .experiments import explain_lines
+
+        for line in explain_lines(result["context"], rec["metrics"].get(result["context"]["metric"])):
+            out(line)
     out(f"run directory: {result['run_dir']}  (wall time {result['wall_time_s']:.1f} s)")
 
 
@@ -150,10 +167,10 @@ def _cmd_search(argv: Sequence[str]) -> int:
             raise UserError("--resume continues with the run's stored settings; drop the other "
                             "options (only --device, --no-progress and the speed options "
                             "--plain-path, --no-cuda-graph, --cell-impl, --compile-cells may change)")
-        result = run_search(resume=args.resume, progress=not args.no_progress, device=args.device,
+        result = run_search(resume=args.resume, progress=_progress(args), device=args.device,
                             speed=_speed_options(args))
     else:
-        result = run_search(build_config(args), progress=not args.no_progress)
+        result = run_search(build_config(args), progress=_progress(args))
     _print_result(result)
     return 0
 
@@ -168,7 +185,7 @@ def _cmd_lookup(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     bench = open_benchmark(args.nb201_file)
     for item in args.arch:
-        gt = bench.query(int(item) if item.isdigit() else item)
+        gt = bench.query(int(item) if item.isascii() and item.isdecimal() else item)
         print(format_ground_truth(gt))
         hint = missing_hint(gt)
         if hint:
@@ -194,8 +211,16 @@ def _run_study(name: str, table: str, args: argparse.Namespace, argv: Sequence[s
                study: Callable[..., Any], *study_args: Any, **study_kw: Any) -> int:
     """Run ``study`` with the subcommand's results folder, command line and progress
     setting, then print the table it wrote."""
-    study(*study_args, results_dir=args.results, command=_command_line(name, argv),
-          progress=not args.no_progress, **study_kw)
+    from .experiments import writable_folder
+
+    writable_folder(args.results, "--results")
+    command = _command_line(name, argv)
+    try:
+        study(*study_args, results_dir=args.results, command=command,
+              progress=_progress(args), **study_kw)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; finished units are kept in the ledger in {args.results}: "
+                          f"run the same command again to continue ({command})") from None
     print(Path(args.results, table).read_text())
     return 0
 
@@ -252,7 +277,7 @@ def _cmd_proxies(argv: Sequence[str]) -> int:
     from .experiments import proxy_study
 
     p = _study_parser("proxies", "Rank correlation of SynFlow, SNIP and GraSP with NB201 "
-                      "accuracy.", "assets/results/proxies")
+                      "accuracy.", "runs/proxies")
     p.add_argument("--synflow-cells", type=int, default=1000)
     p.add_argument("--snip-grasp-cells", type=int, default=200, help="cells scored by SNIP and GraSP")
     _add_proxies(p)
@@ -261,9 +286,14 @@ def _cmd_proxies(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     cfg = build_config(args)
     _check_proxies(args.proxies)
+    from .benchmarks.nb201 import NUM_CELLS
+
     counts = {name: (args.synflow_cells if name == "synflow" else args.snip_grasp_cells) for name in args.proxies}
-    if any(n < 3 for n in counts.values()):
-        raise UserError("score at least 3 cells per proxy (--synflow-cells, --snip-grasp-cells)")
+    if any(not 3 <= n <= NUM_CELLS for n in counts.values()):
+        raise UserError(f"score from 3 to {NUM_CELLS} cells per proxy (--synflow-cells, "
+                        "--snip-grasp-cells)")
+    _check_at_least(1, "--net-channels", [args.net_channels])
+    _check_at_least(1, "--net-cells", [args.net_cells])
     return _run_study("proxies", "proxy-study.md", args, argv, proxy_study, cfg, counts,
                       seed=cfg.seed, C=args.net_channels, N=args.net_cells)
 
@@ -283,30 +313,68 @@ def _cmd_export(argv: Sequence[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "export": _cmd_export,
     "search": _cmd_search,
     "lookup": _cmd_lookup,
+    "export": _cmd_export,
     "ablation-mc": _cmd_ablation_mc,
     "ablation-tf": _cmd_ablation_tf,
     "proxies": _cmd_proxies,
 }
 
+#: one line per command for the top-level help
+SUMMARIES = {
+    "search": "(the default) one DARTS or BaLeNAS search, its selection and ground truth",
+    "lookup": "the NAS-Bench-201 ground truth of cells (arch strings or indices)",
+    "export": "copy finished runs (no checkpoints) into a results folder, merging its summary",
+    "ablation-mc": "the seed's Table 5: BaLeNAS for each M and seed, with Random and DARTS",
+    "ablation-tf": "the seed's Table 4: BaLeNAS-TF with each proxy and sample size K",
+    "proxies": "rank correlation of SynFlow, SNIP and GraSP with NAS-Bench-201 accuracy",
+}
+
+
+def overview() -> str:
+    """The top-level help: usage, the commands, and where to read more."""
+    width = max(map(len, COMMANDS))
+    lines = ["usage: python -m bayesnas_core.run [COMMAND] [options]", "",
+             "BaLeNAS and DARTS on NAS-Bench-201. With no COMMAND, runs `search` (the main job: "
+             "BaLeNAS on the shipped Fashion-MNIST subset, on the CPU).", "", "commands:"]
+    lines += [f"  {name:<{width}}  {SUMMARIES[name]}" for name in COMMANDS]
+    lines += ["", "python -m bayesnas_core.run COMMAND --help lists a command's options; "
+              "`search --help` the search options.", "More: README.md, and the lessons in lessons/."]
+    return "\n".join(lines)
+
+
+def _unknown_command(word: str) -> UserError:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(COMMANDS), n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return UserError(f"unknown command {word!r}; {hint}commands: {', '.join(COMMANDS)} "
+                     "(see: python -m bayesnas_core.run --help)")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
-        command, rest = argv[0], argv[1:]
-    else:
-        command, rest = "search", argv
     try:
+        if argv and argv[0] in ("-h", "--help"):
+            print(overview())
+            return 0
+        if argv and argv[0] in COMMANDS:
+            command, rest = argv[0], argv[1:]
+        elif argv and not argv[0].startswith("-"):
+            raise _unknown_command(argv[0])  # search takes no positional argument
+        else:
+            command, rest = "search", argv
         return COMMANDS[command](rest)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(str(err), file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("interrupted; the last finished epoch is checkpointed: continue with --resume RUN_DIR",
-              file=sys.stderr)
+        print("interrupted before any run directory was written", file=sys.stderr)
         return 130
 
 

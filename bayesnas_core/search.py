@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import RunConfig, config_from_dict, search_settings, to_dict
+from .config import RunConfig, config_differences, config_from_dict, to_dict
 from .data import BatchIterator, SearchData
 from .engine import StepEngine, engine_supported
 from .errors import NonFiniteLossError, UserError
@@ -50,6 +50,8 @@ __all__ = [
     "build_arch_update",
     "search_step",
     "search",
+    "check_resumable",
+    "search_batches",
 ]
 
 Batch = tuple[Tensor, Tensor]
@@ -334,6 +336,52 @@ class SearchResult:
     run_dir: Path | None = None
 
 
+def search_batches(cfg: RunConfig, data: SearchData) -> tuple[BatchIterator, BatchIterator]:
+    """The seeded train and valid batch iterators of a search; a split smaller than one
+    batch is a one-line :class:`UserError` (callers check this before making a run folder)."""
+    train_it = BatchIterator(data.train, cfg.data.batch_size, shuffle=True,
+                             augment=cfg.data.augment, seed=cfg.seed)
+    valid_it = BatchIterator(data.valid, cfg.data.batch_size, shuffle=True, augment=False,
+                             seed=cfg.seed + 7919)
+    if len(train_it) == 0 or len(valid_it) == 0:
+        raise UserError(f"the search splits ({len(data.train)} / {len(data.valid)} images) are "
+                        f"smaller than one batch of {cfg.data.batch_size}; lower --batch-size")
+    return train_it, valid_it
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """One plain progress line for a finished epoch (``free_ops``: parameter-free ops,
+    none, skip or pooling, in the argmax cell's six edges)."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"train_loss {record['train_loss']:.4f}",
+             f"valid_loss {record['valid_loss']:.4f}", f"valid_acc {record['valid_acc']:.3f}",
+             f"free_ops {record['parameter_free_ops']}/{len(EDGES)}"]
+    if "gt_cifar10_test" in record:
+        parts.append(f"argmax cell CIFAR-10 test {record['gt_cifar10_test']:.2f} %")
+    parts.append(f"{record['wall_time_s']:.1f} s")
+    return ", ".join(parts)
+
+
+def check_resumable(cfg: RunConfig, state: dict[str, Any], where: Path) -> None:
+    """Refuse, in one line naming the fields, to resume ``state`` (a checkpoint) with a
+    configuration that computes something else: every field must match except the
+    device, the output folder and the speed-only options (fields added since the
+    checkpoint was written take their defaults)."""
+    stored = config_from_dict(state.get("config", {}), where=f"checkpoint in {where}")
+    diffs = config_differences(stored, cfg)
+    if diffs:
+        shown = ", ".join(f"{k} ({_get(stored, k)!r} in the checkpoint, {_get(cfg, k)!r} now)"
+                          for k in diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        raise UserError(f"{where} cannot resume with another configuration: {shown}; restore "
+                        "config.json or start a new run without --resume")
+
+
+def _get(cfg: RunConfig, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _make_generator(device: torch.device, seed: int) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed)
@@ -341,14 +389,16 @@ def _make_generator(device: torch.device, seed: int) -> torch.Generator:
 
 
 def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resume: bool = False,
-           progress: bool = True,
+           progress: bool | Callable[[str], Any] = True,
            on_epoch: Callable[[NB201Supernet, Arch], dict[str, Any]] | None = None) -> SearchResult:
     """Run the bilevel search that ``cfg`` describes on ``data`` (already on ``cfg.device``).
 
     With ``run``, every epoch appends to ``metrics.jsonl`` and ``history.json`` and
     writes ``checkpoint.pt`` atomically; ``resume=True`` continues from that
     checkpoint and ends bit-identical to an uninterrupted run on the CPU.
-    ``on_epoch(model, arch)`` may add fields to each epoch's record.
+    ``on_epoch(model, arch)`` may add fields to each epoch's record. ``progress``: True
+    shows progress bars, a callable gets one plain line per epoch instead (for logs and
+    pipes), False shows nothing.
     """
     from tqdm.auto import tqdm
 
@@ -365,13 +415,7 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=s.epochs, eta_min=s.w_lr_min)
     noise = _make_generator(device, cfg.seed + 1)
     arch = build_arch_update(cfg, model, len(data.valid), noise)
-    train_it = BatchIterator(data.train, cfg.data.batch_size, shuffle=True,
-                             augment=cfg.data.augment, seed=cfg.seed)
-    valid_it = BatchIterator(data.valid, cfg.data.batch_size, shuffle=True, augment=False,
-                             seed=cfg.seed + 7919)
-    if len(train_it) == 0 or len(valid_it) == 0:
-        raise UserError(f"the search splits ({len(data.train)} / {len(data.valid)} images) are "
-                        f"smaller than one batch of {cfg.data.batch_size}; lower --batch-size")
+    train_it, valid_it = search_batches(cfg, data)
     probe = next(iter(BatchIterator(data.valid, cfg.data.batch_size, shuffle=False).epoch(0)))
 
     metrics: list[dict[str, Any]] = []
@@ -381,10 +425,7 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
         if run is None:
             raise UserError("--resume needs a run directory")
         state = run.load_checkpoint()
-        # fields added since the checkpoint take their defaults; speed-only ones may differ
-        if search_settings(config_from_dict(state.get("config", {}))) != search_settings(cfg):
-            raise UserError(f"checkpoint in {run.path} was made with other search settings; "
-                            "resume without changing options")
+        check_resumable(cfg, state, run.path)
         model.load_state_dict(state["model"])
         w_opt.load_state_dict(state["w_opt"])
         arch.optimizer.load_state_dict(state["a_opt"])
@@ -406,13 +447,13 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
                                   f"learning rates (w_lr {s.w_lr}, a_lr {s.a_lr})")
 
     epochs = tqdm(range(start, s.epochs), desc=f"{s.method} search", unit="epoch",
-                  disable=not progress, initial=start, total=s.epochs)
+                  disable=progress is not True, initial=start, total=s.epochs)
     for epoch in epochs:
         t0 = time.perf_counter()
         # an epoch is one pass over the train split; a shorter valid split (CIFAR-100,
         # ImageNet16-120) is cycled, a split of the same length is used exactly once
         steps = tqdm(zip(train_it.epoch(epoch), valid_it.cycle(epoch)), total=len(train_it),
-                     desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
+                     desc=f"epoch {epoch + 1}", leave=False, disable=progress is not True)
         if engine is not None:  # the fast path: statistics stay on the device
             for step, (tb, vb) in enumerate(steps):
                 engine.step(tb, vb)
@@ -457,6 +498,8 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
         history.append({"epoch": epoch + 1, "mu": model.alpha.detach().cpu().tolist(),
                         "sigma": None if sigma is None else sigma.detach().cpu().tolist()})
         epochs.set_postfix(valid_loss=f"{record['valid_loss']:.3f}", free_ops=genotype.num_parameter_free)
+        if callable(progress):
+            progress(epoch_line(record, s.epochs))
         if run is not None:
             run.write_metrics(metrics)
             run.write_json("history.json", {"ops": list(OP_NAMES), "edges": EDGE_NAMES,

@@ -119,7 +119,7 @@ def test_resume_keeps_stored_settings(tmp_path, capsys, monkeypatch) -> None:
         (run / name).write_text(json.dumps(stored))
     import torch as _torch
 
-    state = _torch.load(run / "checkpoint.pt", weights_only=False)
+    state = _torch.load(run / "checkpoint.pt", weights_only=True)
     for key in ("cell_impl", "compile_cells", "cuda_graph"):
         state["config"]["search"].pop(key)
     _torch.save(state, run / "checkpoint.pt")

@@ -92,6 +92,22 @@ def test_proxy_study_smoke_resumes(tmp_path) -> None:
     assert main(args) == 0
     grown = json.loads(ledger_path.read_text())["done"]["synflow"]
     assert len(grown) == 10 and grown[:6] == first
+    # a smaller request reports its own cells only, and says so in its table
+    args[args.index("--synflow-cells") + 1] = "4"
+    assert main(args) == 0
+    study = json.loads((tmp_path / "proxy-study.json").read_text())
+    assert len(study["scores"]["synflow"]) == 4
+    assert study["correlations"]["synflow"]["cifar10_test"]["n"] == 4
+    assert "| synflow | 4 |" in (tmp_path / "proxy-study.md").read_text()
+    assert len(json.loads(ledger_path.read_text())["done"]["synflow"]) == 10  # kept for later
+
+
+def test_studies_write_under_runs_unless_asked(tmp_path, monkeypatch) -> None:
+    """The default results folder is runs/..., never the git-tracked assets/."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["proxies", *SMOKE, "--synflow-cells", "3", "--proxies", "synflow",
+                 "--net-channels", "4", "--net-cells", "1"]) == 0
+    assert (tmp_path / "runs" / "proxies" / "proxy-study.md").is_file()
 
 
 def test_ledger_refuses_other_settings(tmp_path) -> None:

@@ -193,7 +193,7 @@ def test_resume_with_changed_settings_is_refused(tmp_path) -> None:
     run = RunDir.create(cfg.out, "r", to_dict(cfg), env={})
     search(cfg, make_tiny_data(), run=run, progress=False)
     cfg.search.mc_samples = 1
-    with pytest.raises(UserError, match="other search settings"):
+    with pytest.raises(UserError, match=r"cannot resume with another configuration: search.mc_samples \(3 in the checkpoint, 1 now\)"):
         search(cfg, make_tiny_data(), run=run, resume=True, progress=False)
 
 

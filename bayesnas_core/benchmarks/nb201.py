@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Union
 
 from ..errors import UserError
 from ..paths import assets_dir
+from ..runs import refused_global, load_plain
 from ..spaces.nb201 import Arch
 
 __all__ = [
@@ -253,17 +254,23 @@ def _safe_globals() -> contextlib.AbstractContextManager[Any]:
 
 def _first_line(err: BaseException) -> str:
     """A short, single-line reason for a failed load (torch's advice text left out)."""
+    refused = refused_global(err) if isinstance(err, pickle.UnpicklingError) else None
+    if refused:  # a weights_only refusal: say what was refused (nothing was run)
+        return f"not a plain-data torch file: it holds {refused}, which was refused and not run"
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    for ln in lines:  # a weights_only refusal: keep what was refused
-        if "Unsupported" in ln:
-            reason = ln.split("WeightsUnpickler error:")[-1].strip()
-            reason = reason.split(" was not an allowed global")[0]
-            return f"not a plain-data torch file: {reason}"[:200]
     return (lines[0] if lines else type(err).__name__)[:200]
 
 
 def _fmt_gb(gb: float) -> str:
     return f"{gb:.1f} GB" if gb >= 0.1 else "under 0.1 GB"
+
+
+class _Shared(dict):
+    """A dict that ``copy.deepcopy`` returns as is: ``NASBench201API`` deep-copies a dict
+    it is given, which would hold the multi-GB benchmark twice in memory."""
+
+    def __deepcopy__(self, memo: dict) -> "_Shared":
+        return self
 
 
 class OfficialNB201:
@@ -287,7 +294,7 @@ class OfficialNB201:
 
         if isinstance(path_or_dict, dict):
             try:
-                api = NASBench201API(path_or_dict, verbose=False)
+                api = NASBench201API(_Shared(path_or_dict), verbose=False)
             except (AssertionError, KeyError, TypeError, ValueError, AttributeError) as err:
                 raise UserError(
                     f"the dict is not in the NAS-Bench-201 format ({_first_line(err)}); "
@@ -315,9 +322,16 @@ class OfficialNB201:
         )
         fix = f"download {RECOMMENDED_FILE} again and pass it as --nb201-file"
         try:
-            # torch >= 2.6 loads with weights_only=True: allow only numpy's plain types.
+            # Loaded here as plain data (weights_only=True on every torch version, numpy's
+            # plain types allowed): nas_201_api's own torch.load would unpickle anything on
+            # torch < 2.6. The API then gets the dict, without its deep copy.
             with _safe_globals():
-                api = NASBench201API(str(path), verbose=False)
+                data = load_plain(path)
+            if not isinstance(data, dict):
+                raise TypeError(f"the file holds a {type(data).__name__}, not a dict")
+            api = NASBench201API(_Shared(data), verbose=False)
+            api.filename = name
+            del data
         except MemoryError as err:
             raise UserError(
                 f"ran out of memory loading {name}; it needs about {_fmt_gb(3 * gb)} of free RAM "
