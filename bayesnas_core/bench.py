@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import copy
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -41,9 +43,10 @@ from .errors import UserError
 from .paths import assets_dir
 from .runs import atomic_write_json, environment_info, seed_everything
 from .search import build_arch_update, build_supernet, search_step
+from .threads import default_threads
 
 __all__ = ["PATHS", "DEFAULT_PATHS", "COUNTED_PATHS", "load_reports", "report_lines", "make_step",
-           "count_kernel_ops", "time_path", "run_benchmark", "main"]
+           "count_kernel_ops", "time_path", "run_benchmark", "busy_processes", "main"]
 
 PATHS = ("plain", "fast", "graph", "graph-conv", "compiled")
 DEFAULT_PATHS = ("plain", "fast", "graph")
@@ -73,7 +76,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
             continue
         speed = next((v for k, v in r.items() if k.startswith("speedup_vs_")), 1.0)
         ops = f"  {r['kernel_ops_per_step']} ops" if "kernel_ops_per_step" in r else ""
-        lines.append(f"  {r['method']:8s} {m:4s} {r['path']:10s} {r['ms_per_step']:8.1f} ms/step "
+        where = f"threads {r['threads']} load {r['load']} " if "threads" in r else ""
+        lines.append(f"  {r['method']:8s} {m:4s} {r['path']:10s} {where}{r['ms_per_step']:8.1f} ms/step "
                      f"{r[f'projected_min_{epochs}_epochs']:7.1f} min/{epochs} epochs  x{speed:.1f}{ops}")
     return lines
 
@@ -175,20 +179,61 @@ def time_path(cfg: RunConfig, path: str, *, steps: int, warmup: int, num_classes
     return {"first_step_s": first, "timed_s": timed, **({} if ops is None else {"kernel_ops": ops})}
 
 
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """``count`` other processes that each keep one CPU core busy (a pure-Python loop, as
+    a shared machine's neighbour would), stopped when the body ends."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(0.5 if count else 0.0)  # let them reach the loop
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
 def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int,
                   num_classes: int, in_channels: int, image_size: int, train_size: int,
                   paths: Sequence[str] = DEFAULT_PATHS, plain_steps: int | None = None,
                   epochs: int = 50, log: Callable[[str], None] = print,
-                  on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                  on_row: Callable[[dict[str, Any]], None] | None = None,
+                  threads: Sequence[int] | None = None,
+                  loads: Sequence[int] = (0,)) -> dict[str, Any]:
     """Every path for DARTS and BaLeNAS(M); returns a JSON-ready report.
 
     ``plain_steps`` (default ``steps``) times the slow baseline with fewer steps;
-    ``on_row(report)`` receives the report so far after every row (to save it as it grows)."""
+    ``on_row(report)`` receives the report so far after every row (to save it as it grows).
+    ``threads`` (default: the current count) and ``loads`` (numbers of other busy
+    processes, :func:`busy_processes`) repeat the whole table for each combination, in
+    one process, so a thread policy is measured idle and loaded side by side."""
+    from .threads import torch_threads
+
+    rows: list[dict[str, Any]] = []
+    report: dict[str, Any] = {}
+    for load in loads:
+        with busy_processes(load):
+            for t in (threads or [torch.get_num_threads()]):
+                with torch_threads(t):
+                    report = _run_table(cfg, mcs=mcs, steps=steps, warmup=warmup,
+                                        num_classes=num_classes, in_channels=in_channels,
+                                        image_size=image_size, train_size=train_size, paths=paths,
+                                        plain_steps=plain_steps, epochs=epochs, log=log,
+                                        on_row=on_row, rows=rows, tag={"threads": t, "load": load})
+    report["config"]["threads"], report["config"]["loads"] = list(threads or []), list(loads)
+    return report
+
+
+def _run_table(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int,
+               num_classes: int, in_channels: int, image_size: int, train_size: int,
+               paths: Sequence[str], plain_steps: int | None, epochs: int,
+               log: Callable[[str], None], on_row: Callable[[dict[str, Any]], None] | None,
+               rows: list[dict[str, Any]], tag: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(cfg.device)
     paths = [p for p in paths if p not in ("graph", "graph-conv") or device.type == "cuda"]
     steps_per_epoch = train_size // cfg.data.batch_size
     cases = [("balenas", m) for m in mcs] + [("darts", 1)]
-    rows: list[dict[str, Any]] = []
     report = {"config": {"preset": cfg.preset, "device": cfg.device, "C": cfg.space.C,
                          "N": cfg.space.N, "batch_size": cfg.data.batch_size,
                          "image": [in_channels, image_size, image_size], "augment": cfg.data.augment,
@@ -207,7 +252,8 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
         for path in paths:
             c = copy.deepcopy(cfg)
             c.search.method, c.search.mc_samples = method, m
-            row = {"method": method, "path": path, "mc_samples": m if method == "balenas" else None}
+            row = {"method": method, "path": path, "mc_samples": m if method == "balenas" else None,
+                   **tag}
             n = plain_steps if (path == "plain" and plain_steps) else steps
             try:
                 t = time_path(c, path, steps=n, warmup=warmup, num_classes=num_classes,
@@ -225,13 +271,15 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
                 row["kernel_ops_per_step"] = t["kernel_ops"]
             base = row if path == paths[0] else next(
                 (r for r in rows if r["method"] == method and r["path"] == paths[0]
-                 and r["mc_samples"] == row["mc_samples"] and "error" not in r), None)
+                 and r["mc_samples"] == row["mc_samples"] and "error" not in r
+                 and all(r.get(k) == v for k, v in tag.items())), None)
             if base is not None:  # no speedup against a baseline that failed
                 row[f"speedup_vs_{paths[0]}"] = base["ms_per_step"] / ms
             rows.append(row)
             if on_row is not None:
                 on_row(report)
-            log(f"{method:8s} M={m}  {path:5s} {ms:8.2f} ms/step  {row['s_per_epoch']:7.1f} s/epoch  "
+            log(f"{method:8s} M={m}  {path:5s} threads {tag['threads']} load {tag['load']}  "
+                f"{ms:8.2f} ms/step  {row['s_per_epoch']:7.1f} s/epoch  "
                 f"{row[f'projected_min_{epochs}_epochs']:7.2f} min/{epochs} epochs  "
                 f"(first step {t['first_step_s']:.2f} s)")
     return report
@@ -248,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS),
                    help=f"some of {' '.join(PATHS)} (graph: CUDA only; compiled: opt-in)")
     p.add_argument("--out", default=str(assets_dir() / "bench"))
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="CPU thread counts to time (default: the policy's, bayesnas_core.threads)")
+    p.add_argument("--load", type=int, nargs="+", default=[0],
+                   help="numbers of other busy processes to time under (e.g. 0 1: idle and loaded)")
     args = p.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -268,10 +320,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = [p for p in args.paths if p not in PATHS]
         if unknown:
             raise UserError(f"unknown path {unknown[0]!r}; use --paths from {', '.join(PATHS)}")
+        if any(t < 1 for t in args.threads or []) or any(k < 0 for k in args.load):
+            raise UserError("--threads values must be at least 1 and --load values at least 0")
         report = run_benchmark(cfg, mcs=args.mc, steps=args.steps, warmup=args.warmup,
                                num_classes=classes, in_channels=chans, image_size=size,
                                train_size=n // 2, paths=args.paths, plain_steps=args.plain_steps,
-                               on_row=lambda r: atomic_write_json(path, r))
+                               on_row=lambda r: atomic_write_json(path, r),
+                               threads=args.threads or [default_threads()], loads=args.load)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

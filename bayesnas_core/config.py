@@ -114,6 +114,7 @@ class RunConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     nb201_file: str | None = None
     out: str = "runs"
+    threads: int | None = None  # CPU threads; None: the policy of bayesnas_core.threads
 
     def validate(self) -> "RunConfig":
         """Raise :class:`UserError` naming the fix for an invalid combination."""
@@ -146,6 +147,8 @@ class RunConfig:
             raise UserError(f"unknown search space {self.space.name!r}; use nb201")
         if self.dtype not in ("float32", "float64"):
             raise UserError(f"--dtype must be float32 or float64, got {self.dtype!r}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {self.threads}")
         if not 0 <= self.seed <= MAX_SEED:
             raise UserError(f"--seed must be an integer from 0 to {MAX_SEED}, got {self.seed}")
         for name, value in _numbers(self):

@@ -162,8 +162,58 @@ def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None
 
     ``resume`` is a run directory: its stored config is used (``device`` may move it to
     another device, ``speed`` may set :data:`~bayesnas_core.config.SPEED_ONLY_FIELDS`)
-    and the search continues from its last checkpoint.
+    and the search continues from its last checkpoint. It runs with ``cfg.threads`` CPU
+    threads (None: :func:`~bayesnas_core.threads.default_threads`, recorded in the run's
+    config) and restores the caller's count afterwards.
     """
+    from .threads import resolve_threads, torch_threads
+
+    if cfg is not None and cfg.threads is None:
+        cfg = copy.deepcopy(cfg)
+        cfg.threads = resolve_threads(None)
+    stored = None if resume is None else RunDir.open(resume)
+    threads = cfg.threads if cfg is not None else _stored_threads(stored)
+    with torch_threads(resolve_threads(threads)):
+        return _run_search(cfg, resume=resume, progress=progress, log=log, bench=bench,
+                           data=data, device=device, speed=speed)
+
+
+def _speed_watch(cfg: RunConfig, log: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
+    """After this session's first epoch on a CPU, compare its step time with the idle
+    benchmark of the same setting and print one hint if it is far slower."""
+    from .bench import load_reports
+    from .engine import engine_supported
+    from .threads import idle_reference, slow_step_hint
+
+    seen = {"done": torch.device(cfg.device).type != "cpu"}
+
+    def watch(record: dict[str, Any]) -> None:
+        if seen["done"]:
+            return
+        seen["done"] = True
+        s = cfg.search
+        path = "fast" if engine_supported(s.order, s.fused_cell, s.batched_mc) else "plain"
+        ref = idle_reference(load_reports(), preset=cfg.preset, method=s.method,
+                             mc_samples=s.mc_samples if s.method == "balenas" else None,
+                             path=path, threads=torch.get_num_threads())
+        hint = slow_step_hint(record["step_ms"], ref, torch.get_num_threads())
+        if hint:
+            log(hint)
+
+    return watch
+
+
+def _stored_threads(run: RunDir | None) -> int | None:
+    if run is None:
+        return None
+    cfg = run.read_json("config.json")
+    value = cfg.get("threads") if isinstance(cfg, dict) else None
+    return value if isinstance(value, int) and value >= 1 else None
+
+
+def _run_search(cfg: RunConfig | None, *, resume: str | Path | None, progress: Progress,
+                log: Callable[[str], None], bench: Any, data: SearchData | None,
+                device: str | None, speed: dict[str, Any] | None) -> dict[str, Any]:
     if resume is not None:
         run = RunDir.open(resume)
         cfg = config_from_dict(run.read_json("config.json"), where=str(run.path / "config.json"))
@@ -199,7 +249,7 @@ def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None
 
     try:
         result = search(cfg, data, run=run, resume=resume is not None, progress=progress,
-                        on_epoch=on_epoch)
+                        on_epoch=on_epoch, on_record=_speed_watch(cfg, log))
         t_select = time.perf_counter()
         selection = select_from_result(cfg, result, data, bench, progress=progress)
     except KeyboardInterrupt:

@@ -51,6 +51,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=int, dest="C", help="supernet channels C")
     p.add_argument("--cells", type=int, dest="N", help="cells per stage N")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, help="CPU threads (default: half the logical CPUs, "
+                   "which stays fast when another process is busy; recorded in config.json)")
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
@@ -80,7 +82,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     """Preset, then the flags that were given."""
     cfg = get_preset(args.preset)
     top = {"seed": "seed", "device": "device", "nb201_file": "nb201_file", "out": "out",
-           "dtype": "dtype"}
+           "dtype": "dtype", "threads": "threads"}
     for arg, attr in top.items():
         if getattr(args, arg, None) is not None:
             setattr(cfg, attr, getattr(args, arg))

@@ -390,13 +390,15 @@ def _make_generator(device: torch.device, seed: int) -> torch.Generator:
 
 def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resume: bool = False,
            progress: bool | Callable[[str], Any] = True,
-           on_epoch: Callable[[NB201Supernet, Arch], dict[str, Any]] | None = None) -> SearchResult:
+           on_epoch: Callable[[NB201Supernet, Arch], dict[str, Any]] | None = None,
+           on_record: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
     """Run the bilevel search that ``cfg`` describes on ``data`` (already on ``cfg.device``).
 
     With ``run``, every epoch appends to ``metrics.jsonl`` and ``history.json`` and
     writes ``checkpoint.pt`` atomically; ``resume=True`` continues from that
     checkpoint and ends bit-identical to an uninterrupted run on the CPU.
-    ``on_epoch(model, arch)`` may add fields to each epoch's record. ``progress``: True
+    ``on_epoch(model, arch)`` may add fields to each epoch's record; ``on_record(record)``
+    sees each finished record (``step_ms``: the mean milliseconds of the epoch's steps). ``progress``: True
     shows progress bars, a callable gets one plain line per epoch instead (for logs and
     pipes), False shows nothing.
     """
@@ -475,6 +477,7 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
                     sums[k] = sums.get(k, 0.0) + v
                 n += 1
             means = {k: v / n for k, v in sums.items()}
+        steps_s = time.perf_counter() - t0
         w_lr = w_opt.param_groups[0]["lr"]  # the rate this epoch trained with
         with warnings.catch_warnings():  # the engine updates the weights without w_opt.step()
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
@@ -482,6 +485,7 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
         genotype = model.genotype()
         sigma = arch.sigma(model)
         record: dict[str, Any] = {"epoch": epoch + 1, **means,
+                                  "step_ms": 1000 * steps_s / len(train_it),
                                   "w_lr": w_lr, "arch": str(genotype),
                                   "parameter_free_ops": genotype.num_parameter_free}
         if s.curvature_iters > 0 and ((epoch + 1) % s.curvature_every == 0 or epoch + 1 == s.epochs):
@@ -500,6 +504,8 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
         epochs.set_postfix(valid_loss=f"{record['valid_loss']:.3f}", free_ops=genotype.num_parameter_free)
         if callable(progress):
             progress(epoch_line(record, s.epochs))
+        if on_record is not None:
+            on_record(record)
         if run is not None:
             run.write_metrics(metrics)
             run.write_json("history.json", {"ops": list(OP_NAMES), "edges": EDGE_NAMES,

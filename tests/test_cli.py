@@ -178,3 +178,53 @@ def test_cuda_request_without_cuda(capsys, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main([*FAST, "--device", "cuda"]) == 2
     assert "pass --device cpu" in _error_line(capsys)
+
+
+def test_top_level_help_lists_every_command() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bayesnas_core.run", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == ""
+    listed = [ln.split()[0] for ln in proc.stdout.splitlines() if ln.startswith("  ")]
+    assert listed == ["search", "lookup", "export", "ablation-mc", "ablation-tf", "proxies"]
+    assert "COMMAND --help" in proc.stdout
+
+
+def test_redirected_output_is_one_plain_line_per_epoch(tmp_path) -> None:
+    """With stdout and stderr going to a file (a log, a pipe, CI), no progress bars: one line
+    per epoch, no cursor movements."""
+    log = tmp_path / "log.txt"
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "bayesnas_core.run", *FAST[:-1], "--epochs", "3",
+                               "--out", str(tmp_path / "out")], cwd=REPO, stdout=fh, stderr=fh,
+                              timeout=300)
+    assert proc.returncode == 0
+    text = log.read_text()
+    assert "\x1b[" not in text and "\r" not in text
+    epochs = [ln for ln in text.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(",")[0] for ln in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all("free_ops " in ln and "valid_loss " in ln for ln in epochs)
+    assert len(text) < 6000
+
+
+def test_the_result_says_what_it_means(tmp_path, capsys) -> None:
+    import csv
+
+    from bayesnas_core.paths import assets_dir
+
+    assert main([*FAST, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    (run,) = list(tmp_path.iterdir())
+    result = json.loads((run / "result.json").read_text())
+    free = result["arch"].count("none~") + result["arch"].count("skip_connect~") + \
+        result["arch"].count("avg_pool_3x3~")
+    assert f"what this means: {free}/6 edges are parameter-free" in out
+    # the mean and std of all cells, computed here from the shipped CSV itself
+    with open(assets_dir() / "nb201" / "nb201_200ep_4metrics.csv") as fh:
+        rows = [r for r in csv.DictReader(fh)]
+    col = next(k for k in rows[0] if "cifar10" in k and "test" in k and "100" not in k)
+    vals = [float(r[col]) for r in rows]
+    mean = sum(vals) / len(vals)
+    std = (sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5
+    assert f"a random cell: {mean:.2f} ± {std:.2f} %" in out
+    mine = result["ground_truth"]["metrics"]["cifar10_test"]
+    assert f"better than {100 * sum(v < mine for v in vals) / len(vals):.0f} % of the 15,625" in out
