@@ -409,12 +409,31 @@ def _write_table(results_dir: Path, stem: str, title: str, command: str,
           f"of the validation-loss Hessian w.r.t. alpha after the last epoch, "
           f"`parameter_free_ops` the number of parameter-free ops in the selected cell.\n\n"
           + table_markdown(rows, metrics, first))
-    out = {"title": title, "command": command, "metrics": list(metrics), "rows": rows, **extra}
+    out = {"title": title, "command": command, "metrics": list(metrics), "rows": rows,
+           "env": environment_info(extra.get("config", {}).get("device")), **extra}
     atomic_write_bytes(results_dir / f"{stem}.md", md.encode())
     atomic_write_json(results_dir / f"{stem}.json", out)
     return out
 
 
+def _with_threads(study: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a study with ``cfg.threads`` CPU threads (None: the policy's number, written
+    into the config the study records), restoring the caller's count afterwards."""
+    import functools
+
+    from .threads import resolve_threads, torch_threads
+
+    @functools.wraps(study)
+    def wrapper(cfg: RunConfig, *args: Any, **kwargs: Any) -> Any:
+        cfg = copy.deepcopy(cfg)
+        cfg.threads = resolve_threads(cfg.threads)
+        with torch_threads(cfg.threads):
+            return study(cfg, *args, **kwargs)
+
+    return wrapper
+
+
+@_with_threads
 def ablation_mc(cfg: RunConfig, mcs: list[int], seeds: list[int], *, results_dir: str | Path,
                 command: str = "", progress: Progress = True, log: Callable[[str], None] = print,
                 bench: Any = None) -> dict[str, Any]:
@@ -447,6 +466,7 @@ def ablation_mc(cfg: RunConfig, mcs: list[int], seeds: list[int], *, results_dir
                         {"config": to_dict(cfg), "seeds": seeds, "runs": ledger.data["done"]})
 
 
+@_with_threads
 def ablation_tf(cfg: RunConfig, proxies: list[str], samples: list[int], seeds: list[int], *,
                 results_dir: str | Path, command: str = "", progress: Progress = True,
                 log: Callable[[str], None] = print, bench: Any = None) -> dict[str, Any]:
@@ -525,6 +545,7 @@ def rank_correlations(scores: list[float], accs: list[float]) -> dict[str, float
     return {"spearman": float(rho), "kendall": float(tau), "n": len(scores)}
 
 
+@_with_threads
 def proxy_study(cfg: RunConfig, counts: dict[str, int], *, results_dir: str | Path,
                 seed: int = 0, C: int = 16, N: int = 5, command: str = "",
                 progress: Progress = True, log: Callable[[str], None] = print,
@@ -570,7 +591,8 @@ def proxy_study(cfg: RunConfig, counts: dict[str, int], *, results_dir: str | Pa
                                                                      data.image_size,
                                                                      data.image_size],
                                "batch_size": cfg.data.batch_size, "correlations": {},
-                               "scores": {}}
+                               "scores": {}, "threads": cfg.threads,
+                               "env": environment_info(cfg.device)}
     for proxy, count in counts.items():
         rows = ledger.get(proxy)[:count]
         summary["scores"][proxy] = [
