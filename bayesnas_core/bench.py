@@ -212,8 +212,11 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
 
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
+    picks: dict[str, int] = {}
     for load in loads:
         with busy_processes(load):
+            picks[str(load)] = default_threads()  # what the policy picks under this load
+            log(f"load {load}: the thread policy picks {picks[str(load)]}")
             for t in (threads or [torch.get_num_threads()]):
                 with torch_threads(t):
                     report = _run_table(cfg, mcs=mcs, steps=steps, warmup=warmup,
@@ -222,6 +225,7 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
                                         plain_steps=plain_steps, epochs=epochs, log=log,
                                         on_row=on_row, rows=rows, tag={"threads": t, "load": load})
     report["config"]["threads"], report["config"]["loads"] = list(threads or []), list(loads)
+    report["config"]["policy_threads"] = picks  # load -> the count default_threads() chose
     return report
 
 

@@ -1,14 +1,18 @@
 """How many CPU threads torch uses: a policy that survives a shared machine.
 
-torch's default (one intra-op thread per logical CPU) collapses when another process
+torch's default (one intra-op thread per core) collapses when another process
 wants a core: the threads wait for each other at every operator. Measured on the 2-core
 project machine (``assets/bench/``, ``python -m bayesnas_core.bench --threads 1 2 --load 0 1``):
 an idle machine runs a step faster with both threads, a machine with one other busy
 process runs it many times slower with both threads and unharmed with one.
 
-The policy, :func:`default_threads`: half the logical CPUs (on most machines, one
-thread per physical core), at least one. It leaves room for one other busy process per
-thread without the collapse. ``--threads N`` overrides it.
+The policy, :func:`default_threads`: the CPUs that other processes leave free, rounded,
+at least one and at most torch's own default (its count of cores). How busy the other
+processes are is measured over a quarter of a second from ``/proc/stat`` when a run
+starts (the 1-minute load average where that file is missing). An idle machine gets
+every core; a machine where another process is busy gets one thread fewer per busy core.
+``OMP_NUM_THREADS`` or ``--threads N`` override it. A process that starts competing after
+a run began is not seen; the run then prints a hint (:func:`slow_step_hint`).
 
 On a CPU the thread count changes the order of floating-point sums, so it changes a
 run's last bits: a run records the count it used (``RunConfig.threads``) and resumes
@@ -18,18 +22,59 @@ with it.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import time
 from typing import Iterator
 
 import torch
 
-__all__ = ["default_threads", "resolve_threads", "torch_threads", "idle_reference", "slow_step_hint"]
+__all__ = ["default_threads", "busy_cpus", "resolve_threads", "torch_threads", "idle_reference", "slow_step_hint"]
 
 
-def default_threads(cpu_count: int | None = None) -> int:
-    """Half the logical CPUs, at least one (``cpu_count`` defaults to this machine's)."""
+#: torch's thread count when this module was imported (before any policy touched it)
+TORCH_DEFAULT = torch.get_num_threads()
+
+
+#: torch's thread count when this module was imported (before any policy touched it)
+TORCH_DEFAULT = torch.get_num_threads()
+
+
+def default_threads(cpu_count: int | None = None, busy: float | None = None) -> int:
+    """The policy's thread count: ``round(cpu_count - busy)``, at least 1, at most
+    torch's default; ``cpu_count`` and ``busy`` (CPUs used by other processes) default to
+    this machine's, measured now (:func:`busy_cpus`). ``OMP_NUM_THREADS``, when set, wins."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
     n = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
-    return max(1, n // 2)
+    used = busy if busy is not None else busy_cpus()
+    cap = TORCH_DEFAULT if cpu_count is None else n
+    return max(1, min(n, cap, math.floor(n - used + 0.5)))
+
+
+def busy_cpus(window_s: float = 0.25) -> float:
+    """How many CPUs other processes keep busy: the non-idle share of all CPU time over
+    ``window_s`` seconds (this process sleeps meanwhile), from ``/proc/stat``; elsewhere
+    the 1-minute load average."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    try:
+        t0, i0 = sample()
+        time.sleep(window_s)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except OSError:
+            return 0.0
+    if t1 <= t0:
+        return 0.0
+    return (os.cpu_count() or 1) * (1 - (i1 - i0) / (t1 - t0))
 
 
 def resolve_threads(threads: int | None) -> int:

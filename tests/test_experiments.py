@@ -109,10 +109,8 @@ def test_studies_write_under_runs_unless_asked(tmp_path, monkeypatch) -> None:
                  "--net-channels", "4", "--net-cells", "1"]) == 0
     assert (tmp_path / "runs" / "proxies" / "proxy-study.md").is_file()
     # a study records the code and the machine that made it
-    from bayesnas_core.threads import default_threads
-
     study = json.loads((tmp_path / "runs" / "proxies" / "proxy-study.json").read_text())
-    assert study["threads"] == default_threads() == study["env"]["cpu_threads"]
+    assert study["threads"] == study["env"]["cpu_threads"] >= 1
     assert len(study["env"]["git"]["commit"]) == 40 and isinstance(study["env"]["git"]["dirty"], bool)
 
 

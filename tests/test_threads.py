@@ -4,21 +4,37 @@ and the hint a user sees when a step runs far slower than the idle benchmark."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
 from bayesnas_core import bench
 from bayesnas_core.run import main
-from bayesnas_core.threads import default_threads, idle_reference, slow_step_hint, torch_threads
+from bayesnas_core.threads import (busy_cpus, default_threads, idle_reference, slow_step_hint,
+                                   torch_threads)
 
 FAST = ["--preset", "lesson", "--epochs", "1", "--limit", "128", "--channels", "4",
         "--no-progress"]
 
 
-@pytest.mark.parametrize("cpus,threads", [(1, 1), (2, 1), (3, 1), (4, 2), (16, 8)])
-def test_default_is_half_the_logical_cpus(cpus, threads) -> None:
-    assert default_threads(cpus) == threads
+@pytest.mark.parametrize("cpus,busy,threads", [(1, 0.0, 1), (2, 0.1, 2), (2, 0.6, 1), (2, 1.0, 1),
+                                                (2, 3.0, 1), (16, 4.2, 12), (16, 0.0, 16)])
+def test_default_leaves_the_busy_cpus_to_others(cpus, busy, threads, monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert default_threads(cpus, busy) == threads
+
+
+def test_omp_num_threads_wins(monkeypatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads(16, 0.0) == 3
+
+
+def test_busy_cpus_sees_a_busy_process(monkeypatch) -> None:
+    """Measured, not assumed: with one process spinning, at least half a CPU is busy."""
+    with bench.busy_processes(1):
+        loaded = busy_cpus(0.5)
+    assert loaded >= 0.5
 
 
 def test_a_run_records_its_threads_and_restores_the_callers(tmp_path, capsys) -> None:
@@ -26,8 +42,9 @@ def test_a_run_records_its_threads_and_restores_the_callers(tmp_path, capsys) ->
     assert main([*FAST, "--out", str(tmp_path / "a")]) == 0
     assert torch.get_num_threads() == before
     (run,) = list((tmp_path / "a").iterdir())
-    assert json.loads((run / "config.json").read_text())["threads"] == default_threads()
-    assert json.loads((run / "env.json").read_text())["cpu_threads"] == default_threads()
+    used = json.loads((run / "config.json").read_text())["threads"]
+    assert 1 <= used <= (os.cpu_count() or 1)
+    assert json.loads((run / "env.json").read_text())["cpu_threads"] == used
     assert main([*FAST, "--threads", "2", "--out", str(tmp_path / "b")]) == 0
     (run,) = list((tmp_path / "b").iterdir())
     assert json.loads((run / "config.json").read_text())["threads"] == 2
@@ -93,4 +110,5 @@ def test_bench_times_each_thread_count_idle_and_loaded(tmp_path) -> None:
     tags = {(r["method"], r["threads"], r["load"]) for r in report["rows"]}
     assert tags == {(m, t, k) for m in ("balenas", "darts") for t in (1, 2) for k in (0, 1)}
     assert report["config"]["threads"] == [1, 2] and report["config"]["loads"] == [0, 1]
+    assert set(report["config"]["policy_threads"]) == {"0", "1"}
     assert any("threads 2 load 1" in line for line in bench.report_lines({**report, "file": "x"}))
