@@ -7,10 +7,13 @@ Methods differ only in how alpha is updated (an :class:`ArchUpdate`):
   from the gradients at M Monte-Carlo samples (METHOD.md section 2).
 
 Both use :func:`arch_gradient`, which is the plain validation gradient (first order) or
-the unrolled DARTS gradient with a finite-difference Hessian-vector term (second order).
-One step (:func:`search_step`) is one SGD step on a train batch, then one architecture
-step on a validation batch. It returns floats and does no I/O; :func:`search` wraps it
-with progress bars, per-epoch records, atomic checkpoints and resume.
+the unrolled DARTS gradient with a finite-difference Hessian-vector term (second order;
+the look-ahead is the weight optimizer's own momentum step, as in DARTS).
+One step (:func:`search_step`) is, in first order, one SGD step on a train batch, then
+one architecture step on a validation batch; in second order, as in DARTS, the
+architecture step comes first (it unrolls from the weights before the SGD step), then
+the SGD step on the same train batch. It returns floats and does no I/O; :func:`search`
+wraps it with progress bars, per-epoch records, atomic checkpoints and resume.
 """
 
 from __future__ import annotations
@@ -127,16 +130,46 @@ def hessian_vector_exact(model: NB201Supernet, alpha: Tensor, batch: Batch,
     return torch.autograd.grad(dot, a)[0]
 
 
+def _lookahead_terms(w_opt: torch.optim.Optimizer | None, weights: Sequence[Tensor]
+                     ) -> tuple[list[float], list[float], list[Tensor | None]]:
+    """Per weight: the momentum, the weight decay and the momentum buffer (None before
+    the optimizer's first step) of ``w_opt``; zeros and no buffers without one."""
+    if w_opt is None:
+        return [0.0] * len(weights), [0.0] * len(weights), [None] * len(weights)
+    group_of = {id(p): g for g in w_opt.param_groups for p in g["params"]}
+    momenta, decays, buffers = [], [], []
+    for w in weights:
+        g = group_of.get(id(w))
+        if g is None:
+            raise ValueError("the weight optimizer does not hold every weight of the model")
+        momenta.append(float(g.get("momentum", 0.0)))
+        decays.append(float(g.get("weight_decay", 0.0)))
+        buffers.append(w_opt.state.get(w, {}).get("momentum_buffer"))
+    return momenta, decays, buffers
+
+
 def arch_gradient(model: NB201Supernet, alpha: Tensor, val_batch: Batch,
                   train_batch: Batch | None = None, *, order: int = 1, xi: float = 0.0,
-                  eps: float = 0.01) -> tuple[float, Tensor, float]:
+                  eps: float = 0.01, w_opt: torch.optim.Optimizer | None = None
+                  ) -> tuple[float, Tensor, float]:
     """Gradient of the validation loss with respect to ``alpha``.
 
-    ``order=1``: ``grad_alpha L_val(w, alpha)``.
-    ``order=2``: the unrolled gradient at ``w' = w - xi grad_w L_train(w, alpha)``:
+    ``order=1``: ``grad_alpha L_val(w, alpha)`` (``w_opt`` is not used).
+    ``order=2``: DARTS's unrolled gradient (Liu et al. 2019, ``architect.py``). The
+    look-ahead is one step of the weight optimizer ``w_opt`` as DARTS writes it,
+
+        ``w' = w - xi * (momentum * buf + g + weight_decay * w)``,
+
+    with ``g = grad_w L_train(w, alpha)`` (not clipped, as in DARTS), ``buf`` the
+    optimizer's momentum buffer (zero before its first step) and ``momentum`` and
+    ``weight_decay`` read from the optimizer's parameter group. That is a plain-momentum
+    SGD step (dampening 0), as DARTS and AutoDL's DARTS-V2 unroll, even though the
+    search's real weight step is nesterov. Without ``w_opt`` it is ``w - xi * g``
+    (an optimizer with neither momentum nor weight decay). The gradient is then
     ``grad_alpha L_val(w', alpha) - xi * H v`` with ``v = grad_w' L_val(w', alpha)`` and
-    ``H v`` the finite-difference term of :func:`hessian_vector_fd` at ``w``.
-    Network weights come back unchanged. Returns ``(loss, grad, accuracy)``.
+    ``H v`` the finite-difference term of :func:`hessian_vector_fd` at the original ``w``.
+    Network weights and the optimizer's state come back unchanged.
+    Returns ``(loss, grad, accuracy)``.
     """
     x, y = val_batch
     if order == 1:
@@ -146,11 +179,17 @@ def arch_gradient(model: NB201Supernet, alpha: Tensor, val_batch: Batch,
     if order != 2 or train_batch is None:
         raise ValueError("order 2 needs a train batch")
     weights = model.weight_parameters()
+    momenta, decays, buffers = _lookahead_terms(w_opt, weights)
     a = alpha.detach().requires_grad_(True)
     with _weights_restored(weights):
         train_loss = F.cross_entropy(model(train_batch[0], a.detach()), train_batch[1])
         gw = torch.autograd.grad(train_loss, weights)
-        _add_(weights, gw, -xi)  # w' = w - xi grad_w L_train
+        with torch.no_grad():  # w' = w - xi (momentum buf + g + wd w)
+            steps = []
+            for w, g, m, wd, buf in zip(weights, gw, momenta, decays, buffers):
+                d = g + wd * w if wd != 0.0 else g
+                steps.append(d + m * buf if buf is not None and m != 0.0 else d)
+        _add_(weights, steps, -xi)
         loss, acc = _loss_acc(model(x, a), y)
         grads = torch.autograd.grad(loss, [a, *weights])
         dalpha, v = grads[0], grads[1:]
@@ -208,9 +247,10 @@ class ArchUpdate(Protocol):
     """How one architecture step turns validation gradients into a new alpha."""
 
     optimizer: torch.optim.Optimizer
+    order: int  # 1: first order; 2: unrolled (second order)
 
     def step(self, model: NB201Supernet, val_batch: Batch, train_batch: Batch,
-             xi: float) -> dict[str, float]: ...
+             xi: float, w_opt: torch.optim.Optimizer | None = None) -> dict[str, float]: ...
 
     def sigma(self, model: NB201Supernet) -> Tensor | None: ...
 
@@ -225,9 +265,11 @@ class DartsUpdate:
         self.order, self.eps = order, eps
 
     def step(self, model: NB201Supernet, val_batch: Batch, train_batch: Batch,
-             xi: float) -> dict[str, float]:
+             xi: float, w_opt: torch.optim.Optimizer | None = None) -> dict[str, float]:
+        """One step on ``val_batch``; second order unrolls one step of ``w_opt`` on
+        ``train_batch`` with rate ``xi`` (see :func:`arch_gradient`)."""
         loss, grad, acc = arch_gradient(model, model.alpha, val_batch, train_batch,
-                                        order=self.order, xi=xi, eps=self.eps)
+                                        order=self.order, xi=xi, eps=self.eps, w_opt=w_opt)
         model.alpha.grad = grad
         self.optimizer.step()
         model.alpha.grad = None
@@ -254,7 +296,9 @@ class BalenasUpdate:
         self.order, self.batched, self.eps = order, batched, eps
 
     def step(self, model: NB201Supernet, val_batch: Batch, train_batch: Batch,
-             xi: float) -> dict[str, float]:
+             xi: float, w_opt: torch.optim.Optimizer | None = None) -> dict[str, float]:
+        """One step on ``val_batch``; second order unrolls one step of ``w_opt`` on
+        ``train_batch`` with rate ``xi`` (see :func:`arch_gradient`)."""
         accs: list[float] = []
         if self.order == 1 and self.batched:
             def closure_batched(samples: list[Tensor]) -> tuple[float, list[Tensor]]:
@@ -266,7 +310,8 @@ class BalenasUpdate:
         else:
             def closure() -> float:
                 loss, grad, acc = arch_gradient(model, model.alpha, val_batch, train_batch,
-                                                order=self.order, xi=xi, eps=self.eps)
+                                                order=self.order, xi=xi, eps=self.eps,
+                                                w_opt=w_opt)
                 model.alpha.grad = grad  # Vadam zeroes it before every sample
                 accs.append(acc)
                 return loss
@@ -307,16 +352,26 @@ def build_arch_update(cfg: RunConfig, model: NB201Supernet, num_valid: int,
 
 def search_step(model: NB201Supernet, w_opt: torch.optim.Optimizer, arch: ArchUpdate,
                 train_batch: Batch, val_batch: Batch, *, grad_clip: float) -> dict[str, float]:
-    """One SGD step on the weights, then one architecture step. No I/O."""
+    """One search step on a (train, valid) pair of batches. No I/O.
+
+    First order: one SGD step on the weights, then one architecture step (at the new
+    weights). Second order, as in DARTS's train loop: the architecture step first, which
+    unrolls one step of ``w_opt`` from the current weights and momentum buffers, then
+    the SGD step on the same train batch (at the new alpha).
+    """
     model.train()
     xi = w_opt.param_groups[0]["lr"]
+    second_order = getattr(arch, "order", 1) == 2
+    arch_stats: dict[str, float] = {}
+    if second_order:
+        arch_stats = arch.step(model, val_batch, train_batch, xi, w_opt)
     w_opt.zero_grad(set_to_none=True)
     loss, acc = _loss_acc(model(train_batch[0], model.alpha.detach()), train_batch[1])
     loss.backward()
     nn.utils.clip_grad_norm_(model.weight_parameters(), grad_clip)
     w_opt.step()
     stats = {"train_loss": loss.item(), "train_acc": acc}
-    stats.update(arch.step(model, val_batch, train_batch, xi))
+    stats.update(arch_stats if second_order else arch.step(model, val_batch, train_batch, xi, w_opt))
     return stats
 
 

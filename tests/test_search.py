@@ -77,6 +77,157 @@ def test_second_order_gradient_matches_its_definition() -> None:
     assert not torch.allclose(grad, first)  # the unrolled term matters
 
 
+def _ce_alpha_grad(model, alpha, batch):
+    a = alpha.detach().requires_grad_(True)
+    return torch.autograd.grad(torch.nn.functional.cross_entropy(model(batch[0], a), batch[1]), a)[0]
+
+
+def test_second_order_unrolls_the_optimizers_own_step() -> None:
+    """DARTS's look-ahead, by hand on a tiny float64 net: w' = w - xi (m buf + g + wd w)
+    with the SGD momentum buffer (non-zero: one SGD step is taken first), its momentum
+    and weight decay; then dalpha = grad_a L_val(w'), v = grad_w' L_val(w'), H v by
+    central differences of grad_a L_train at the ORIGINAL w +- R v (R = eps / ||v||),
+    and the gradient dalpha - xi H v. Agreement to 1e-10 (same arithmetic, summation
+    order aside); the old look-ahead w - xi g is off by far more than that."""
+    import copy
+
+    model, tb, vb = _model_and_batches()
+    xi, m, wd, eps = 0.05, 0.9, 0.05, 0.01
+    weights = model.weight_parameters()
+    w_opt = torch.optim.SGD(weights, lr=0.1, momentum=m, nesterov=True, weight_decay=wd)
+    torch.nn.functional.cross_entropy(model(vb[0], model.alpha.detach()), vb[1]).backward()
+    w_opt.step()  # a non-zero momentum buffer
+    w_opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        model.alpha.normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
+    w0 = [w.detach().clone() for w in weights]
+    bufs = [w_opt.state[w]["momentum_buffer"].clone() for w in weights]
+    assert all(b.abs().max() > 0 for b in bufs)
+
+    def at(ws):  # a copy of the model holding weights ws
+        c = copy.deepcopy(model)
+        with torch.no_grad():
+            for p, w in zip(c.weight_parameters(), ws):
+                p.copy_(w)
+        return c
+
+    def unrolled(step_of):  # the hand computation for the look-ahead w - xi * step
+        lt = torch.nn.functional.cross_entropy(model(tb[0], model.alpha.detach()), tb[1])
+        g = torch.autograd.grad(lt, weights)
+        w1 = [w - xi * step_of(w, gi, b) for w, gi, b in zip(w0, g, bufs)]
+        m1 = at(w1)
+        a = model.alpha.detach().requires_grad_(True)
+        lv = torch.nn.functional.cross_entropy(m1(vb[0], a), vb[1])
+        dalpha, *v = torch.autograd.grad(lv, [a, *m1.weight_parameters()])
+        R = eps / torch.cat([x.reshape(-1) for x in v]).norm()
+        g_plus = _ce_alpha_grad(at([w + R * x for w, x in zip(w0, v)]), model.alpha, tb)
+        g_minus = _ce_alpha_grad(at([w - R * x for w, x in zip(w0, v)]), model.alpha, tb)
+        return dalpha - xi * (g_plus - g_minus) / (2 * R)
+
+    expected = unrolled(lambda w, g, b: m * b + g + wd * w)
+    _, grad, _ = arch_gradient(model, model.alpha, vb, tb, order=2, xi=xi, eps=eps, w_opt=w_opt)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-10)
+    for w, w_before, b in zip(weights, w0, bufs):  # weights and optimizer state untouched
+        assert torch.equal(w, w_before)
+        assert torch.equal(w_opt.state[w]["momentum_buffer"], b)
+
+    old = unrolled(lambda w, g, b: g)  # the former look-ahead w - xi g
+    assert (old - expected).abs().max() > 1e-6
+    _, plain, _ = arch_gradient(model, model.alpha, vb, tb, order=2, xi=xi, eps=eps)
+    torch.testing.assert_close(plain, old, rtol=0, atol=1e-10)  # no w_opt: w - xi g
+
+
+@pytest.mark.parametrize("method,order", [("darts", 2), ("balenas", 2), ("darts", 1)])
+def test_second_order_arch_step_comes_before_the_weight_step(tmp_path, monkeypatch,
+                                                             method, order) -> None:
+    """Second order (DARTS's train loop): every architecture gradient of a step is taken
+    at the weights and momentum buffers from BEFORE that step's SGD step, with the
+    optimizer passed through. First order keeps the weight step first."""
+    import sys
+
+    from bayesnas_core.search import build_arch_update
+
+    S = sys.modules["bayesnas_core.search"]
+    cfg = make_tiny_config(tmp_path, method=method, order=order, mc_samples=2,
+                           batched_mc=False)
+    model, tb, vb = _model_and_batches()
+    s = cfg.search
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
+                            nesterov=True, weight_decay=s.w_weight_decay)
+    arch = build_arch_update(cfg, model, 16, torch.Generator().manual_seed(4))
+    S.search_step(model, w_opt, arch, tb, vb, grad_clip=s.grad_clip)  # momentum buffers exist
+    before = [w.detach().clone() for w in model.weight_parameters()]
+    buf_before = [w_opt.state[w]["momentum_buffer"].clone() for w in model.weight_parameters()]
+    seen = []
+    original = S.arch_gradient
+
+    def recording(model_, *a, **k):
+        seen.append(([w.detach().clone() for w in model_.weight_parameters()],
+                     [w_opt.state[w]["momentum_buffer"].clone() for w in model_.weight_parameters()],
+                     k.get("w_opt")))
+        return original(model_, *a, **k)
+
+    monkeypatch.setattr(S, "arch_gradient", recording)
+    S.search_step(model, w_opt, arch, tb, vb, grad_clip=s.grad_clip)
+    after = [w.detach().clone() for w in model.weight_parameters()]
+    assert not all(torch.equal(x, y) for x, y in zip(before, after))  # the weights moved
+    assert len(seen) == (2 if method == "balenas" else 1)  # one per Monte-Carlo sample
+    expect = before if order == 2 else after
+    for ws, bufs, opt in seen:
+        assert opt is w_opt
+        assert all(torch.equal(x, y) for x, y in zip(ws, expect))
+        if order == 2:
+            assert all(torch.equal(x, y) for x, y in zip(bufs, buf_before))
+
+
+def test_second_order_search_step_equals_the_darts_sequence(tmp_path) -> None:
+    """One second-order DARTS step = Adam on arch_gradient(w, buffers before the step),
+    then the clipped nesterov SGD step at the new alpha: alpha and weights bit for bit.
+    The old order (weights first) gives another alpha."""
+    import copy
+
+    from bayesnas_core.search import build_arch_update, search_step
+
+    cfg = make_tiny_config(tmp_path, method="darts", order=2)
+    s = cfg.search
+    model, tb, vb = _model_and_batches()
+
+    def setup():
+        m = copy.deepcopy(model)
+        w = torch.optim.SGD(m.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
+                            nesterov=True, weight_decay=s.w_weight_decay)
+        return m, w, build_arch_update(cfg, m, 16, None)
+
+    def weight_step(m, w):
+        w.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(m(tb[0], m.alpha.detach()), tb[1]).backward()
+        torch.nn.utils.clip_grad_norm_(m.weight_parameters(), s.grad_clip)
+        w.step()
+
+    def arch_step(m, w, a):
+        _, g, _ = arch_gradient(m, m.alpha, vb, tb, order=2, xi=s.w_lr, eps=s.unrolled_eps, w_opt=w)
+        m.alpha.grad = g
+        a.optimizer.step()
+        m.alpha.grad = None
+
+    pm, pw, pa = setup()
+    for _ in range(2):
+        search_step(pm, pw, pa, tb, vb, grad_clip=s.grad_clip)
+    runs = []
+    for arch_first in (True, False):
+        mm, w, a = setup()
+        for _ in range(2):
+            if arch_first:
+                arch_step(mm, w, a)
+            weight_step(mm, w)
+            if not arch_first:
+                arch_step(mm, w, a)
+        runs.append(mm)
+    assert torch.equal(pm.alpha, runs[0].alpha)
+    assert all(torch.equal(p, q) for p, q in zip(pm.weight_parameters(), runs[0].weight_parameters()))
+    assert (pm.alpha - runs[1].alpha).abs().max() > 1e-8
+
+
 def test_batched_mc_gradient_equals_sequential() -> None:
     """With fixed alphas, one batched pass gives each sample's own gradient (float32,
     tolerance 1e-5 relative: only summation order differs)."""
