@@ -27,6 +27,9 @@ __all__ = [
     "METHODS",
     "SELECTORS",
     "check_device",
+    "FLAGS",
+    "config_fields",
+    "set_field",
     "SPEED_ONLY_FIELDS",
     "RESUMABLE_CHANGES",
     "config_differences",
@@ -206,6 +209,82 @@ def check_device(device: str) -> None:
         raise UserError(f"device {device!r} asked for, but CUDA is not available here; pass --device cpu")
     if dev.type not in ("cpu", "cuda"):
         raise UserError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+
+
+#: The command-line flag and help of every configuration field, by dotted name: the CLI
+#: generates its options from the dataclasses and this table (``tests/test_cli.py`` checks
+#: that every scalar field has one, so no setting is unreachable).
+FLAGS: dict[str, tuple[str, str]] = {
+    "seed": ("--seed", "the one seed of the run"),
+    "device": ("--device", "cpu, cuda, cuda:1, ..."),
+    "dtype": ("--dtype", "float32 or float64"),
+    "nb201_file": ("--nb201-file", "the official NAS-Bench-201 file (fills every valid/test metric)"),
+    "out": ("--out", "where run directories go"),
+    "threads": ("--threads", "CPU threads (default: the cores other processes leave free; "
+                "recorded in config.json)"),
+    "space.name": ("--space", "the search space (nb201)"),
+    "space.C": ("--channels", "supernet channels C"),
+    "space.N": ("--cells", "cells per stage N"),
+    "data.dataset": ("--dataset", "fashion-mnist-subset (shipped), fashion-mnist, cifar10, "
+                     "cifar100, imagenet16-120"),
+    "data.root": ("--data-root", "folder holding the dataset (default: the shipped subset's)"),
+    "data.image_size": ("--image-size", "resize images to this size"),
+    "data.limit": ("--limit", "use only the first LIMIT images of each search split"),
+    "data.batch_size": ("--batch-size", "batch size of the weight and architecture steps"),
+    "data.augment": ("--augment", "random crop and flip on the train batches"),
+    "data.download": ("--download", "let torchvision download a missing dataset"),
+    "search.method": ("--method", "darts or balenas"),
+    "search.order": ("--order", "1 (first order) or 2 (unrolled)"),
+    "search.epochs": ("--epochs", "search epochs"),
+    "search.w_lr": ("--w-lr", "weight learning rate (cosine to --w-lr-min)"),
+    "search.w_lr_min": ("--w-lr-min", "final weight learning rate"),
+    "search.w_momentum": ("--w-momentum", "SGD (nesterov) momentum of the weights"),
+    "search.w_weight_decay": ("--w-weight-decay", "weight decay of the weights"),
+    "search.grad_clip": ("--grad-clip", "gradient-norm clip of the weight step"),
+    "search.a_lr": ("--a-lr", "architecture learning rate (Adam or Vadam)"),
+    "search.a_betas": ("--a-betas", "Adam/Vadam betas (two numbers)"),
+    "search.a_weight_decay": ("--a-weight-decay", "Adam weight decay of alpha (DARTS only)"),
+    "search.mc_samples": ("--mc-samples", "M, Monte-Carlo samples per BaLeNAS step"),
+    "search.prior_precision": ("--prior-precision", "lambda, precision of BaLeNAS's Gaussian prior"),
+    "search.prec_init": ("--prec-init", "initial posterior precision (>= lambda)"),
+    "search.num_data": ("--num-data", "N in Vadam's likelihood (default: the valid split's size)"),
+    "search.batched_mc": ("--batched-mc", "fast path: the M samples in one batched pass"),
+    "search.fused_cell": ("--fused-cell", "fast path: edges leaving a node share their kernels"),
+    "search.cuda_graph": ("--cuda-graph", "fast path on CUDA: replay each step as a CUDA graph"),
+    "search.compile_cells": ("--compile-cells", "fast path: torch.compile the fused cells "
+                             "(pair with --cell-impl elementwise)"),
+    "search.cell_impl": ("--cell-impl", "fast path: matmul, conv or elementwise (the same "
+                         "function computed with other kernels)"),
+    "search.unrolled_eps": ("--unrolled-eps", "second order: finite-difference radius eps/||v||"),
+    "search.curvature_iters": ("--curvature-iters", "power iterations of the Hessian eigenvalue "
+                               "diagnostic (0: off)"),
+    "search.curvature_every": ("--curvature-every", "measure the Hessian eigenvalue every K epochs"),
+    "select.method": ("--select", "argmax, synflow, snip or grasp"),
+    "select.samples": ("--select-samples", "K, cells drawn for BaLeNAS-TF"),
+    "select.C": ("--select-channels", "C of the stand-alone networks the proxy scores"),
+    "select.N": ("--select-cells", "N of the stand-alone networks the proxy scores"),
+}
+
+
+def config_fields() -> dict[str, Any]:
+    """Every scalar field of :class:`RunConfig` by dotted name -> its annotated type."""
+    out: dict[str, Any] = {}
+    for f in fields(RunConfig):
+        hint = get_type_hints(RunConfig)[f.name]
+        if is_dataclass(hint):
+            out.update({f"{f.name}.{k}": v for k, v in get_type_hints(hint).items()})
+        elif f.name != "preset":
+            out[f.name] = hint
+    return out
+
+
+def set_field(cfg: RunConfig, dotted: str, value: Any) -> None:
+    """Set one field by dotted name (``"search.a_lr"``)."""
+    obj: Any = cfg
+    *parents, name = dotted.split(".")
+    for part in parents:
+        obj = getattr(obj, part)
+    setattr(obj, name, tuple(value) if isinstance(value, list) else value)
 
 
 def _default() -> RunConfig:

@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from types import UnionType
+from typing import Any, Callable, Sequence, Union, get_args, get_origin
 
-from .config import METHODS, PRESETS, SELECTORS, RunConfig, get_preset
+from .config import (FLAGS, PRESETS, SPEED_ONLY_FIELDS, RunConfig, config_fields, get_preset,
+                     set_field)
 from .errors import Interrupted, UserError
 
 __all__ = ["main", "build_config"]
@@ -35,72 +37,55 @@ class _Parser(argparse.ArgumentParser):
                         if " " in self.prog else f"{message} (see --help)")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One option per configuration field, generated from the dataclasses and
+    :data:`~bayesnas_core.config.FLAGS` (the one source of truth); each defaults to the
+    preset's value."""
     p.add_argument("--preset", default="default", help=f"one of: {', '.join(PRESETS)} (default: default)")
-    p.add_argument("--seed", type=int, help="the one seed of the run")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the preset's)")
-    p.add_argument("--dataset", help="fashion-mnist-subset (shipped), fashion-mnist, cifar10, cifar100, imagenet16-120")
-    p.add_argument("--data-root", help="folder holding the dataset (default: the shipped subset)")
-    p.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
-    p.add_argument("--nb201-file", help="the official NAS-Bench-201 file (fills every valid/test metric)")
-    p.add_argument("--out", help="where run directories go (default: runs/)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--image-size", type=int, help="resize images to this size")
-    p.add_argument("--limit", type=int, help="use only the first LIMIT images of each search split")
-    p.add_argument("--channels", type=int, dest="C", help="supernet channels C")
-    p.add_argument("--cells", type=int, dest="N", help="cells per stage N")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--threads", type=int, help="CPU threads (default: half the logical CPUs, "
-                   "which stays fast when another process is busy; recorded in config.json)")
+    shown = get_preset("default")
+    groups: dict[str, Any] = {}
+    for dotted, hint in config_fields().items():
+        flag, text = FLAGS[dotted]
+        section = dotted.split(".")[0] if "." in dotted else "run"
+        if section not in groups:
+            groups[section] = p.add_argument_group(f"{section} settings" if section != "run" else
+                                                   "run settings")
+        g = groups[section]
+        current = _get(shown, dotted)
+        text = f"{text} [default preset: {'/'.join(map(str, current)) if isinstance(current, tuple) else current}]"
+        options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+        base = next(t for t in options if t is not type(None))
+        if base is bool:
+            g.add_argument(flag, dest=dotted, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif get_origin(base) is tuple:
+            g.add_argument(flag, dest=dotted, type=float, nargs=len(get_args(base)), default=None,
+                           metavar=("B1", "B2"), help=text)
+        else:
+            g.add_argument(flag, dest=dotted, type=base, default=None, help=text,
+                           metavar=flag.lstrip("-").upper().replace("-", "_"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", help=f"{' | '.join(METHODS)} (default: balenas)")
-    p.add_argument("--order", type=int, help="1 (first order) or 2 (unrolled)")
-    p.add_argument("--mc-samples", type=int, help="M, Monte-Carlo samples per BaLeNAS step")
-    p.add_argument("--a-lr", type=float, help="architecture learning rate")
-    p.add_argument("--w-lr", type=float, help="weight learning rate (cosine to w_lr_min)")
     p.add_argument("--plain-path", action="store_true",
-                   help="the plain eager baseline: one pass per Monte-Carlo sample, unfused cells")
-    p.add_argument("--no-cuda-graph", action="store_true",
-                   help="run the fast path eagerly on CUDA instead of replaying a CUDA graph")
-    p.add_argument("--compile-cells", action="store_true",
-                   help="fast path: compile the fused cells with torch.compile (first steps compile; "
-                   "pair with --cell-impl elementwise)")
-    p.add_argument("--cell-impl", help="fast path: matmul (default), conv or elementwise (for "
-                   "--compile-cells): the same function computed with other kernels")
-    p.add_argument("--curvature-every", type=int,
-                   help="measure the Hessian eigenvalue every this many epochs (default: the preset's)")
-    p.add_argument("--select", help=f"{' | '.join(SELECTORS)} (default: argmax)")
-    p.add_argument("--select-samples", type=int, help="K, cells drawn for BaLeNAS-TF")
+                   help="the plain eager baseline: one pass per Monte-Carlo sample, unfused cells "
+                   "(the same as --no-batched-mc --no-fused-cell)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    p.add_argument("--dtype", help="float32 (default) or float64")
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     """Preset, then the flags that were given."""
     cfg = get_preset(args.preset)
-    top = {"seed": "seed", "device": "device", "nb201_file": "nb201_file", "out": "out",
-           "dtype": "dtype", "threads": "threads"}
-    for arg, attr in top.items():
-        if getattr(args, arg, None) is not None:
-            setattr(cfg, attr, getattr(args, arg))
-    sections: dict[str, tuple[Any, dict[str, str]]] = {
-        "data": (cfg.data, {"dataset": "dataset", "data_root": "root", "batch_size": "batch_size",
-                            "image_size": "image_size", "limit": "limit"}),
-        "space": (cfg.space, {"C": "C", "N": "N"}),
-        "search": (cfg.search, {"method": "method", "order": "order", "mc_samples": "mc_samples",
-                                "epochs": "epochs", "a_lr": "a_lr", "w_lr": "w_lr",
-                                "curvature_every": "curvature_every"}),
-        "select": (cfg.select, {"select": "method", "select_samples": "samples"}),
-    }
-    for obj, mapping in sections.values():
-        for arg, attr in mapping.items():
-            if getattr(args, arg, None) is not None:
-                setattr(obj, attr, getattr(args, arg))
-    if getattr(args, "download", False):
-        cfg.data.download = True
+    for dotted in config_fields():
+        value = getattr(args, dotted, None)
+        if value is not None:
+            set_field(cfg, dotted, value)
     for key, value in _speed_options(args).items():
         setattr(cfg.search, key, value)
     return cfg.validate()
@@ -108,15 +93,10 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 def _speed_options(args: argparse.Namespace) -> dict[str, Any]:
     """The speed-only search settings (``SPEED_ONLY_FIELDS``) that the flags set."""
-    speed: dict[str, Any] = {}
+    speed = {key: getattr(args, f"search.{key}") for key in SPEED_ONLY_FIELDS
+             if getattr(args, f"search.{key}", None) is not None}
     if getattr(args, "plain_path", False):
         speed.update(batched_mc=False, fused_cell=False)
-    if getattr(args, "no_cuda_graph", False):
-        speed["cuda_graph"] = False
-    if getattr(args, "compile_cells", False):
-        speed["compile_cells"] = True
-    if getattr(args, "cell_impl", None) is not None:
-        speed["cell_impl"] = args.cell_impl
     return speed
 
 
@@ -157,19 +137,20 @@ def _cmd_search(argv: Sequence[str]) -> int:
 
     p = _Parser(prog="python -m bayesnas_core.run search",
                 description="Run one DARTS or BaLeNAS search on NAS-Bench-201.")
-    _add_common(p)
+    _add_config_flags(p)
     _add_search(p)
     args = p.parse_args(argv)
     if args.resume:
-        keep = {"resume", "no_progress", "device", "preset", "download", "plain_path", "no_cuda_graph",
-                "compile_cells", "cell_impl"}
+        keep = {"resume", "no_progress", "device", "preset", "plain_path",
+                *(f"search.{k}" for k in SPEED_ONLY_FIELDS)}
         given = [k for k, v in vars(args).items()
-                 if k not in keep and v is not None] + (["preset"] if args.preset != "default" else [])
-        if given or args.download:
+                 if k not in keep and v not in (None, False)] + (["preset"] if args.preset != "default" else [])
+        if given:
             raise UserError("--resume continues with the run's stored settings; drop the other "
                             "options (only --device, --no-progress and the speed options "
-                            "--plain-path, --no-cuda-graph, --cell-impl, --compile-cells may change)")
-        result = run_search(resume=args.resume, progress=_progress(args), device=args.device,
+                            "--plain-path, --[no-]cuda-graph, --cell-impl, --[no-]compile-cells, "
+                            "--[no-]batched-mc, --[no-]fused-cell may change)")
+        result = run_search(resume=args.resume, progress=_progress(args), device=getattr(args, "device"),
                             speed=_speed_options(args))
     else:
         result = run_search(build_config(args), progress=_progress(args))
@@ -204,7 +185,7 @@ def _command_line(prog: str, argv: Sequence[str]) -> str:
 def _study_parser(name: str, description: str, results: str) -> _Parser:
     """The parser of a study subcommand: the common options and ``--results``."""
     p = _Parser(prog=f"python -m bayesnas_core.run {name}", description=description)
-    _add_common(p)
+    _add_config_flags(p)
     p.add_argument("--results", default=results, help="folder for the study's outputs (md + json)")
     return p
 
@@ -251,7 +232,6 @@ def _cmd_ablation_mc(argv: Sequence[str]) -> int:
                       "Random and DARTS.", "runs/ablation-mc")
     p.add_argument("--mc", type=int, nargs="+", default=[1, 2, 3, 4], help="values of M")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--order", type=int, help="1 or 2 (the seed's table is 2nd order)")
     args = p.parse_args(argv)
     cfg = build_config(args)
     _check_at_least(1, "--mc", args.mc)
@@ -266,7 +246,6 @@ def _cmd_ablation_tf(argv: Sequence[str]) -> int:
     _add_proxies(p)
     p.add_argument("--samples", type=int, nargs="+", default=[10, 50, 100], help="values of K")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--mc-samples", type=int, help="M of the BaLeNAS searches")
     args = p.parse_args(argv)
     cfg = build_config(args)
     _check_proxies(args.proxies)

@@ -228,3 +228,39 @@ def test_the_result_says_what_it_means(tmp_path, capsys) -> None:
     assert f"a random cell: {mean:.2f} ± {std:.2f} %" in out
     mine = result["ground_truth"]["metrics"]["cifar10_test"]
     assert f"better than {100 * sum(v < mine for v in vals) / len(vals):.0f} % of the 15,625" in out
+
+
+def test_every_setting_has_a_flag_that_sets_it() -> None:
+    """The options are generated from the config dataclasses: each scalar field is
+    reachable and its flag sets exactly that field."""
+    import argparse
+
+    from bayesnas_core.config import FLAGS, config_fields, get_preset
+    from bayesnas_core.run import _add_config_flags, _get, build_config
+
+    special = {"dtype": "float64", "device": "cpu", "search.method": "darts", "search.order": "2",
+               "data.dataset": "fashion-mnist", "space.name": "nb201", "select.method": "synflow",
+               "search.cell_impl": "conv", "data.image_size": "8", "threads": "1",
+               "nb201_file": "x.pth", "data.root": "/data", "out": "o", "search.a_betas": "0.6 0.99",
+               "search.num_data": "100", "search.prec_init": "2.0", "search.w_momentum": "0.5"}
+    base = get_preset("default")
+    fields = config_fields()
+    assert set(fields) == set(FLAGS)
+    for dotted, hint in fields.items():
+        flag = FLAGS[dotted][0]
+        current = _get(base, dotted)
+        if isinstance(current, bool):
+            argv = [flag if not current else "--no-" + flag[2:]]
+            want = not current
+        else:
+            raw = special.get(dotted, "7" if "int" in str(hint) else "0.25")
+            argv = [flag, *raw.split()]
+            want = type(current)(raw) if current is not None and not isinstance(current, tuple) else None
+        p = argparse.ArgumentParser()
+        _add_config_flags(p)
+        cfg = build_config(p.parse_args(argv))
+        got = _get(cfg, dotted)
+        if dotted not in ("device", "space.name"):  # the only values this machine accepts
+            assert got != current, (dotted, argv)
+        if want is not None:
+            assert got == want, (dotted, got, want)
