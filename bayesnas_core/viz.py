@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from .spaces import EDGES
 
@@ -21,6 +22,7 @@ __all__ = [
     "softmax_row",
     "gaussian_pdf",
     "alpha_heatmap",
+    "sigma_heatmap",
     "alpha_trajectory",
     "posterior_densities",
     "metric_curves",
@@ -58,9 +60,25 @@ def gaussian_pdf(x: float, mu: float, sigma: float) -> float:
     return math.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
 
 
+def integer_ticks(axis: Any) -> None:
+    """Ticks only at whole numbers on ``axis`` (``ax.xaxis``/``ax.yaxis``): for epochs and counts."""
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def _quantity(title: str) -> str:
+    """The quantity a heat map's title names: ``"σ per edge and op"`` -> ``"σ"``."""
+    head = title.split(" per ")[0].strip() if " per " in title else ""
+    return head if 0 < len(head) <= 20 else "α"
+
+
 def alpha_heatmap(alpha: Sequence[Sequence[float]], *, softmax: bool = True, ax: Axes | None = None,
-                  title: str = "") -> Axes:
-    """Edges x ops heat map of ``softmax(alpha)`` (or the raw values)."""
+                  title: str = "", label: str | None = None) -> Axes:
+    """Edges x ops heat map of ``softmax(alpha)`` (or the raw values).
+
+    ``label`` names the colour bar; by default ``softmax(α)``, or for raw values the
+    quantity the title names before " per " (``title="σ per edge and op"`` -> ``σ``), else
+    ``α``. :func:`sigma_heatmap` draws a sigma table with the right labels.
+    """
     ax = ax if ax is not None else new_axes((5.2, 3.2))
     rows = [softmax_row(r) if softmax else list(r) for r in alpha]
     im = ax.imshow(rows, cmap="viridis", aspect="auto")  # colour range: the data's own
@@ -71,9 +89,17 @@ def alpha_heatmap(alpha: Sequence[Sequence[float]], *, softmax: bool = True, ax:
         for j, v in enumerate(r):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if v < (lo + hi) / 2 else "black")
-    ax.figure.colorbar(im, ax=ax, label="softmax(α)" if softmax else "α")
-    ax.set_title(title or ("softmax(α) per edge" if softmax else "α per edge"))
+    if label is None:
+        label = "softmax(α)" if softmax else _quantity(title)
+    ax.figure.colorbar(im, ax=ax, label=label)
+    ax.set_title(title or ("softmax(α) per edge" if softmax else f"{label} per edge"))
     return ax
+
+
+def sigma_heatmap(sigma: Sequence[Sequence[float]], *, ax: Axes | None = None,
+                  title: str = "σ per edge and op") -> Axes:
+    """Edges x ops heat map of BaLeNAS's learned standard deviations (colour bar: σ)."""
+    return alpha_heatmap(sigma, softmax=False, ax=ax, title=title, label="σ")
 
 
 def alpha_trajectory(history: Sequence[dict[str, Any]], edge: int = 0, *, ax: Axes | None = None,
@@ -90,6 +116,7 @@ def alpha_trajectory(history: Sequence[dict[str, Any]], edge: int = 0, *, ax: Ax
                             [m + band * s for m, s in zip(mu, sd)], color=line.get_color(),
                             alpha=0.08)
     ax.set_xlabel("epoch")
+    integer_ticks(ax.xaxis)
     ax.set_ylabel("μ (α)")
     ax.set_title(f"edge {EDGE_LABELS[edge]}")
     ax.legend(fontsize=7)
@@ -115,12 +142,19 @@ def posterior_densities(mu: Sequence[float], sigma: Sequence[float], *, ax: Axes
 
 def metric_curves(runs: dict[str, Sequence[dict[str, Any]]], key: str, *, ax: Axes | None = None,
                   ylabel: str | None = None) -> Axes:
-    """One line per run of a per-epoch metric (``metrics.jsonl`` records)."""
+    """One line per run of a per-epoch metric (``metrics.jsonl`` records). Epochs, and a
+    metric whose values are all whole numbers (a count such as ``parameter_free_ops``),
+    get ticks only at whole numbers."""
     ax = ax if ax is not None else new_axes()
+    values: list[Any] = []
     for label, records in runs.items():
         pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
         if pts:
             ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+            values += [v for _, v in pts]
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        integer_ticks(ax.yaxis)
+    integer_ticks(ax.xaxis)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel or key)
     ax.legend(fontsize=8)
@@ -187,7 +221,7 @@ def bench_bars(report: dict[str, Any], *, goals: dict[str, float] | None = None,
     ax.barh(range(len(rows)), [r[key] for r in rows], color=[colors.get(r["path"], "tab:red") for r in rows])
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xscale("log")
+    log_axis(ax, "x")
     ax.set_xlabel(f"projected minutes for {epochs} epochs")
     for goal_label, minutes in (goals or {}).items():
         idx = [i for i, r in enumerate(rows) if bench_label(r) == goal_label]
@@ -199,6 +233,16 @@ def bench_bars(report: dict[str, Any], *, goals: dict[str, float] | None = None,
     ax.set_title(f"{env.get('device', '?')}, torch {env.get('torch', '?')}, preset "
                  f"{report['config'].get('preset', '?')}", fontsize=9)
     return ax
+
+
+def log_axis(ax: Axes, which: str = "x") -> None:
+    """A log scale on ``ax``'s x (or y) axis labelled at 1, 2 and 5 times powers of ten in
+    plain numbers (``20``, not ``2×10¹``), minor ticks unlabelled, so labels never overlap."""
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def bench_label(row: dict[str, Any]) -> str:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from matplotlib.figure import Figure
 
 from bayesnas_core import viz, widgets
 from bayesnas_core.experiments import bayesian_regression_demo
+from bayesnas_core.spaces import OP_NAMES, Arch
 
 
 def test_edge_mixture_softmax_and_argmax() -> None:
@@ -54,10 +56,131 @@ def test_tf_selection_callback() -> None:
     assert "snip, K = 5" in fig.axes[0].get_title()
 
 
-def test_panels_build() -> None:
-    assert widgets.edge_mixture_panel().children
-    assert widgets.quick_search_panel().children  # manual: nothing runs on creation
-    assert widgets.tf_selection_panel([[0.0] * 5] * 6, [[1.0] * 5] * 6).children
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _png(panel) -> bytes:
+    """What the reader sees: the picture in the panel's Image widget (and no error line)."""
+    assert not panel.status.value.startswith("failed"), panel.status.value
+    data = bytes(panel.image.value)
+    assert data.startswith(PNG), "no picture in the panel"
+    return data
+
+
+def _moved(panel, name: str, value) -> bytes:
+    """Move one control as a reader would; return the picture it leaves."""
+    before = _png(panel)
+    panel.controls[name].value = value
+    after = _png(panel)
+    assert after != before, f"moving {name} did not redraw the picture"
+    return after
+
+
+def test_edge_mixture_panel_shows_its_picture() -> None:
+    panel = widgets.edge_mixture_panel()
+    assert panel.image in panel.children  # the picture is part of what the cell displays
+    _moved(panel, "nor_conv_3x3", 2.0)
+    for name in OP_NAMES:  # the whole op name is the label, sized to its text
+        w = panel.controls[name]
+        assert w.description == name and w.style.description_width == "initial"
+
+
+def test_regression_panel_shows_its_picture() -> None:
+    panel = widgets.regression_panel()
+    _moved(panel, "batch_size", 16)
+
+
+def test_tf_selection_panel_shows_its_picture() -> None:
+    panel = widgets.tf_selection_panel([[0.0, 0.0, 0.5, 1.0, 0.0]] * 6, [[1.0] * 5] * 6)
+    _moved(panel, "samples", 5)
+    _moved(panel, "proxy", "snip")
+
+
+def test_quick_search_panel_shows_its_picture_on_run() -> None:
+    panel = widgets.quick_search_panel(limit=64)
+    assert not bytes(panel.image.value)  # manual: nothing runs on creation
+    assert "Run search" in panel.status.value
+    panel.controls["epochs"].value, panel.controls["mc_samples"].value = 1, 1
+    assert not bytes(panel.image.value)  # moving a control does not start a search
+    panel.button.click()
+    first = _png(panel)
+    assert panel.status.value.startswith("epoch 1/1") and not panel.button.disabled
+    panel.controls["method"].value = "darts"
+    panel.button.click()
+    assert _png(panel) != first
+
+
+def test_quick_search_writes_to_the_lesson_runs_dir(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("BAYESNAS_RUNS", str(tmp_path / "lesson-runs"))
+    r = widgets.compute_quick_search("darts", 1, epochs=1, limit=64, progress=False)
+    assert Path(r["run_dir"]).resolve().is_relative_to((tmp_path / "lesson-runs").resolve())
+
+
+def _colorbar_label(ax) -> str:
+    return ax.images[0].colorbar.ax.get_ylabel()
+
+
+def test_heatmap_colour_bars_name_their_quantity() -> None:
+    table = [[0.1 * i + 0.01 * j for j in range(5)] for i in range(6)]
+    assert _colorbar_label(viz.alpha_heatmap(table)) == "softmax(α)"
+    assert _colorbar_label(viz.alpha_heatmap(table, softmax=False)) == "α"
+    assert _colorbar_label(viz.sigma_heatmap(table)) == "σ"
+    # lesson 2's call: raw sigma values titled "σ per edge and op"
+    ax = viz.alpha_heatmap(table, softmax=False, title="σ per edge and op")
+    assert _colorbar_label(ax) == "σ" and ax.get_title() == "σ per edge and op"
+
+
+def _render(fig):
+    """Draw the figure as a PNG would be drawn; return the renderer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def _visible_ticks(ax, which: str) -> list[float]:
+    _render(ax.figure)
+    lo, hi = sorted(ax.get_xlim() if which == "x" else ax.get_ylim())
+    ticks = ax.get_xticks() if which == "x" else ax.get_yticks()
+    return [t for t in ticks if lo <= t <= hi]
+
+
+@pytest.mark.parametrize("epochs", [1, 3, 8])
+def test_count_and_epoch_axes_tick_whole_numbers(epochs: int) -> None:
+    recs = [{"epoch": e, "parameter_free_ops": 2 + e % 3, "valid_acc": 0.1 * e} for e in range(1, epochs + 1)]
+    ax = viz.metric_curves({"a": recs}, "parameter_free_ops")
+    for which in ("x", "y"):
+        ticks = _visible_ticks(ax, which)
+        assert ticks and all(t == round(t) for t in ticks), (which, ticks)
+    ax = viz.metric_curves({"a": recs}, "valid_acc")  # a fraction keeps fractional ticks
+    assert any(t != round(t) for t in _visible_ticks(ax, "y"))
+    hist = [{"epoch": e, "mu": [[0.0] * 5] * 6} for e in range(1, epochs + 1)]
+    ticks = _visible_ticks(viz.alpha_trajectory(hist), "x")
+    assert ticks and all(t == round(t) for t in ticks)
+
+
+def test_log_axis_labels_do_not_overlap() -> None:
+    rows = [{"method": "darts", "mc_samples": None, "path": p, "projected_min_50_epochs": m}
+            for p, m in (("plain", 45.0), ("fast", 31.0), ("graph", 10.2), ("compiled", 2.6))]
+    report = {"config": {"epochs": 50, "preset": "p"}, "env": {"device": "d", "torch": "t"}, "rows": rows}
+    ax = viz.bench_bars(report, goals={"darts": 3.0})
+    renderer = _render(ax.figure)
+    boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels(which="both")
+             if t.get_visible() and t.get_text()]
+    assert len(boxes) >= 3
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), "x tick labels overlap"
+
+
+def test_arch_strings_are_shown_whole(tmp_path) -> None:
+    fig = widgets.show_quick_search("darts", 1, epochs=1, limit=64, out=str(tmp_path), progress=False)
+    shown = fig._suptitle.get_text().split()[0]
+    assert len(shown) > 40 and Arch.parse(shown).num_parameter_free >= 0  # the whole cell parses
+    fig = widgets.show_tf_selection([[0.0, 0.0, 0.5, 1.0, 0.0]] * 6, [[1.0] * 5] * 6, samples=5)
+    pick = fig._suptitle.get_text().removeprefix("pick: ")
+    assert len(pick) > 40 and str(Arch.parse(pick)) == pick
 
 
 def test_plots_draw_from_records() -> None:
