@@ -36,6 +36,7 @@ from .data import BatchIterator, SearchData
 from .engine import StepEngine, engine_supported
 from .errors import NonFiniteLossError, UserError
 from .optim import Vadam
+from .regime import epoch_regime
 from .runs import RunDir, seed_everything
 from .spaces import EDGES, OP_NAMES, Arch, NB201Supernet
 
@@ -391,6 +392,18 @@ class SearchResult:
     run_dir: Path | None = None
 
 
+def _regime(cfg: RunConfig, arch: ArchUpdate, model: NB201Supernet, sigma: Tensor | None,
+            arch_steps: int, record: dict[str, Any], num_valid: int) -> dict[str, Any]:
+    """The regime quantities of :mod:`bayesnas_core.regime` for this epoch's record."""
+    s = cfg.search
+    state = arch.optimizer.state.get(model.alpha, {}) if sigma is not None else {}
+    return epoch_regime(mu=model.alpha, sigma=sigma, a_lr=s.a_lr, arch_steps=arch_steps,
+                        beta2=s.a_betas[1], num_data=s.num_data or num_valid,
+                        prior_precision=s.prior_precision, exp_avg_sq=state.get("exp_avg_sq"),
+                        train_acc=record["train_acc"], valid_acc=record["valid_acc"],
+                        seed=cfg.seed + record["epoch"])
+
+
 def search_batches(cfg: RunConfig, data: SearchData) -> tuple[BatchIterator, BatchIterator]:
     """The seeded train and valid batch iterators of a search; a split smaller than one
     batch is a one-line :class:`UserError` (callers check this before making a run folder)."""
@@ -549,6 +562,8 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
             record["hessian_eig"] = dominant_hessian_eigenvalue(model, model.alpha, probe,
                                                                 s.curvature_iters, curv_gen)
             record["hessian_eig_s"] = time.perf_counter() - t_curv
+        record.update(_regime(cfg, arch, model, sigma, (epoch + 1) * len(train_it), record,
+                              len(data.valid)))
         if on_epoch is not None:
             record.update(on_epoch(model, genotype))
         elapsed += time.perf_counter() - t0
