@@ -182,6 +182,32 @@ def _ledger(content: str) -> Callable[[Path, Path], list[str]]:
     return setup
 
 
+def _fashion(kind: str) -> Callable[[Path, Path], list[str]]:
+    """A folder of the four Fashion-MNIST ``.gz`` files (tiny, valid idx content), then
+    spoiled one way."""
+    import gzip
+    import struct
+
+    def setup(tmp: Path, run: Path) -> list[str]:
+        root = tmp / "fmnist"
+        root.mkdir()
+        n = 8
+        for part in ("train", "t10k"):
+            images = struct.pack(">IIII", 0x0803, n, 28, 28) + bytes(n * 28 * 28)
+            labels = struct.pack(">II", 0x0801, n) + bytes(range(n))
+            if kind == "label" and part == "t10k":
+                labels = labels[:-1] + bytes([12])
+            (root / f"{part}-images-idx3-ubyte.gz").write_bytes(gzip.compress(images))
+            (root / f"{part}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+        target = root / "train-images-idx3-ubyte.gz"
+        if kind == "garbage":
+            target.write_bytes(bytes(range(256)) * 10)
+        elif kind == "truncated":
+            target.write_bytes(target.read_bytes()[:40])
+        return [*FAST, "--dataset", "fashion-mnist", "--data-root", str(root), "--out", str(tmp / "out")]
+    return setup
+
+
 def _proxies(*extra: str) -> Callable[[Path, Path], list[str]]:
     return lambda tmp, run: ["proxies", *FAST, "--results", str(tmp / "res"), *extra]
 
@@ -217,6 +243,9 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     ("data-root", _search("--dataset", "cifar10", "--data-root", "/nonexistent/cifar"), "--data-root"),
     ("nb201-file", _search("--nb201-file", "/nonexistent/NAS-Bench-201-v1_1-096897.pth"), "--nb201-file"),
     ("out-is-file", _file_out, "is a file, not a folder; pass --out a folder"),
+    ("data-garbage-gz", _fashion("garbage"), "replace it with an intact copy"),
+    ("data-truncated-gz", _fashion("truncated"), "replace it with an intact copy"),
+    ("data-label-range", _fashion("label"), "outside the classes 0..9"),
     ("out-unwritable", _search("--out", UNWRITABLE), "pass --out a writable folder"),
     ("command-typo", lambda tmp, run: ["lookp", "0"], "did you mean 'lookup'?"),
     ("command-unknown", lambda tmp, run: ["frobnicate"], "unknown command 'frobnicate'"),
@@ -269,7 +298,10 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
 
 @pytest.mark.parametrize("case,setup,needle", CASES, ids=[c[0] for c in CASES])
 def test_every_mistake_is_one_line_exit_2_and_leaves_nothing(case, setup, needle, tmp_path,
-                                                             finished_run, capsys) -> None:
+                                                             finished_run, capsys,
+                                                             monkeypatch) -> None:
+    cache = tmp_path.parent / f"{tmp_path.name}-cache"  # outside the folder compared below
+    monkeypatch.setenv("BAYESNAS_CACHE", str(cache))
     run = _copy_run(finished_run, tmp_path / "run")
     argv = setup(tmp_path, run)
     before = _snapshot(tmp_path)
@@ -285,13 +317,14 @@ def test_every_mistake_is_one_line_exit_2_and_leaves_nothing(case, setup, needle
     assert after == before, sorted(set(after) ^ set(before))  # nothing made, moved or changed
     assert not (tmp_path / "PWNED").exists()
     assert not Path(UNWRITABLE).exists()
+    assert not [p for p in cache.rglob("*") if p.is_file()]  # nothing cached from bad data
 
 
 def test_there_are_at_least_forty_cases() -> None:
     kinds = {"search": 0, "lookup": 0, "export": 0, "study": 0, "resume": 0}
     for case, _, _ in CASES:
         kind = case.split("-")[0]
-        kind = {"proxies": "study", "ablation": "study", "ledger": "study"}.get(kind, kind)
+        kind = {"proxies": "study", "ablation": "study", "ledger": "study", "data": "search"}.get(kind, kind)
         kinds[kind if kind in kinds else "search"] += 1
     assert len(CASES) >= 40 and all(n >= 3 for n in kinds.values()), kinds
 
