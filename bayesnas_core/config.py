@@ -29,6 +29,7 @@ __all__ = [
     "check_device",
     "FLAGS",
     "config_fields",
+    "get_field",
     "set_field",
     "SPEED_ONLY_FIELDS",
     "RESUMABLE_CHANGES",
@@ -278,6 +279,13 @@ def config_fields() -> dict[str, Any]:
     return out
 
 
+def get_field(cfg: Any, dotted: str) -> Any:
+    """One field by dotted name (``"search.a_lr"``)."""
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def set_field(cfg: RunConfig, dotted: str, value: Any) -> None:
     """Set one field by dotted name (``"search.a_lr"``)."""
     obj: Any = cfg
@@ -439,3 +447,183 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     assert is_dataclass(cfg)
     return asdict(cfg)
 
+
+
+# ---------------------------------------------------------------------------------
+# training one cell from scratch (bayesnas_core.train, ``python -m bayesnas_core.run train``)
+# ---------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Everything that defines training one NB201 cell's stand-alone network from scratch.
+
+    ``recipe`` names the :data:`TRAIN_PRESETS` entry it started from; flags override
+    single fields. The learning rate follows a cosine from ``lr`` to ``lr_min`` over the
+    epochs, set once per epoch (``lr_min = lr``: a constant rate).
+    """
+
+    arch: str = ""  # an NB201 arch string, or an NB201 index (digits); runs store the string
+    recipe: str = "cpu"
+    dataset: str = "fashion-mnist-subset"
+    root: str | None = None  # None: the shipped subset's folder
+    image_size: int | None = None  # None: native size
+    limit: int | None = None  # keep the first `limit` images of each search half and of test
+    download: bool = False
+    C: int = 16
+    N: int = 5
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 0.1
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    augment: bool = True  # random crop (pad 4, black) + horizontal flip
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    nb201_file: str | None = None
+    out: str = "runs"
+    threads: int | None = None  # CPU threads; None: the policy of bayesnas_core.threads
+
+    def validate(self) -> "TrainConfig":
+        """Raise a one-line :class:`UserError` naming the fix for an invalid setting."""
+        from .benchmarks.nb201 import NUM_CELLS
+        from .data import DATASETS
+        from .spaces.nb201 import Arch
+
+        arch = self.arch.strip()
+        if not arch:
+            raise UserError("pass --arch ARCH: an NB201 arch string |op~0|+|op~0|op~1|+|...| "
+                            f"or an NB201 index 0..{NUM_CELLS - 1}")
+        if arch.isascii() and arch.isdecimal():
+            if not int(arch) < NUM_CELLS:
+                raise UserError(f"NB201 index {arch} is out of range; use 0..{NUM_CELLS - 1}")
+        else:
+            Arch.parse(arch)
+        if self.recipe not in TRAIN_PRESETS:
+            raise UserError(f"unknown recipe {self.recipe!r}; use --recipe one of "
+                            f"{', '.join(TRAIN_PRESETS)}")
+        if self.dataset not in DATASETS:
+            raise UserError(f"unknown dataset {self.dataset!r}; use --dataset one of {', '.join(DATASETS)}")
+        for name, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
+                            ("--channels", self.C), ("--cells", self.N)):
+            if value < 1:
+                raise UserError(f"{name} must be at least 1, got {value}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be at least 1, got {self.limit}")
+        size = self.image_size
+        if size is not None and (size < 4 or size % 4):
+            raise UserError(f"--image-size must be a multiple of 4 (two stride-2 stages), got {size}")
+        for name, value in (("--lr", self.lr), ("--lr-min", self.lr_min), ("--momentum", self.momentum),
+                            ("--weight-decay", self.weight_decay),
+                            ("--label-smoothing", self.label_smoothing)):
+            if not math.isfinite(value):
+                raise UserError(f"{name} must be a finite number, got {value}")
+        if not self.lr > 0 or not 0 <= self.lr_min <= self.lr:
+            raise UserError(f"need --lr > 0 and 0 <= --lr-min <= --lr, got {self.lr} and {self.lr_min}")
+        if not 0 <= self.momentum < 1:
+            raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise UserError("nesterov needs a momentum: pass --momentum above 0 or --no-nesterov")
+        if self.weight_decay < 0:
+            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.dtype not in ("float32", "float64"):
+            raise UserError(f"--dtype must be float32 or float64, got {self.dtype!r}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {self.threads}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"--seed must be an integer from 0 to {MAX_SEED}, got {self.seed}")
+        check_device(self.device)
+        return self
+
+
+#: The command-line flag and help of every :class:`TrainConfig` field (``train`` generates
+#: its options from the dataclass and this table).
+TRAIN_FLAGS: dict[str, tuple[str, str]] = {
+    "arch": ("--arch", "the cell: an NB201 arch string |op~0|+|op~0|op~1|+|...| or an NB201 index"),
+    "dataset": ("--dataset", "fashion-mnist-subset (shipped), fashion-mnist, cifar10, cifar100, "
+                "imagenet16-120"),
+    "root": ("--data-root", "folder holding the dataset (default: the shipped subset's)"),
+    "image_size": ("--image-size", "resize images to this size"),
+    "limit": ("--limit", "use only the first LIMIT images of each search half and of the test split"),
+    "download": ("--download", "let torchvision download a missing dataset"),
+    "C": ("--channels", "channels C of the first stage"),
+    "N": ("--cells", "cells per stage N"),
+    "epochs": ("--epochs", "training epochs"),
+    "batch_size": ("--batch-size", "batch size"),
+    "lr": ("--lr", "initial learning rate (cosine to --lr-min, per epoch)"),
+    "lr_min": ("--lr-min", "final learning rate"),
+    "momentum": ("--momentum", "SGD momentum"),
+    "nesterov": ("--nesterov", "nesterov momentum"),
+    "weight_decay": ("--weight-decay", "weight decay"),
+    "label_smoothing": ("--label-smoothing", "label smoothing of the training loss"),
+    "augment": ("--augment", "random crop (pad 4) and horizontal flip"),
+    "seed": ("--seed", "the one seed of the run (weights and batch order)"),
+    "device": ("--device", "cpu, cuda, cuda:1, ..."),
+    "dtype": ("--dtype", "float32 or float64"),
+    "nb201_file": ("--nb201-file", "the official NAS-Bench-201 file (for the ground truth)"),
+    "out": ("--out", "where run directories go"),
+    "threads": ("--threads", "CPU threads (default: the cores other processes leave free; "
+                "recorded in config.json)"),
+}
+
+
+def _train_cpu() -> TrainConfig:
+    """A 2-core CPU in under two minutes per cell: the shipped Fashion-MNIST subset (4,000
+    train / 1,000 test images, resized to 16x16), a one-cell-per-stage network (C=16, N=1),
+    15 epochs of batch 64, NB201's optimizer otherwise; no augmentation (it costs accuracy
+    in so short a schedule). The all-nor_conv_3x3 cell, the slowest, took 86 s with one
+    thread on a busy 2-core machine (README, 'Training a cell from scratch')."""
+    return TrainConfig(recipe="cpu", dataset="fashion-mnist-subset", image_size=16, C=16, N=1,
+                       epochs=15, batch_size=64, lr=0.1, lr_min=0.0, momentum=0.9, nesterov=True,
+                       weight_decay=5e-4, augment=False)
+
+
+def _train_nb201() -> TrainConfig:
+    """NAS-Bench-201's own recipe (Dong & Yang, ICLR 2020, arXiv:2001.00326; its
+    ``configs/nas-benchmark/hyper-opts/200E.config``): CIFAR-10, C=16, N=5, 200 epochs,
+    batch 256, SGD nesterov momentum 0.9, lr 0.1 cosine to 0, weight decay 5e-4, random
+    crop (pad 4) + flip, on a GPU."""
+    return TrainConfig(recipe="nb201", dataset="cifar10", C=16, N=5, epochs=200, batch_size=256,
+                       lr=0.1, lr_min=0.0, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                       augment=True, device="cuda")
+
+
+TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
+    "cpu": _train_cpu,
+    "nb201": _train_nb201,
+}
+
+
+def get_train_preset(name: str) -> TrainConfig:
+    """A fresh copy of the named training recipe; an unknown name raises :class:`UserError`."""
+    try:
+        return TRAIN_PRESETS[name]()
+    except KeyError:
+        raise UserError(f"unknown recipe {name!r}; use --recipe one of {', '.join(TRAIN_PRESETS)}") from None
+
+
+def train_config_from_dict(d: Any, *, where: str = "the configuration") -> TrainConfig:
+    """Rebuild a :class:`TrainConfig` from ``asdict(cfg)``, as :func:`config_from_dict`
+    does for a :class:`RunConfig` (unknown keys ignored, missing ones defaulted, a wrong
+    type is a one-line :class:`UserError`)."""
+    return _from_dict(TrainConfig, copy.deepcopy(d), where, "")
+
+
+#: TrainConfig fields a training run may resume with other values: where it runs and
+#: where runs go, not what it computes
+TRAIN_RESUMABLE_CHANGES = ("device", "out", "download")
+
+
+def train_config_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """The fields in which ``a`` and ``b`` differ, leaving out :data:`TRAIN_RESUMABLE_CHANGES`."""
+    fa, fb = asdict(a), asdict(b)
+    return sorted(k for k in fa.keys() | fb.keys()
+                  if k not in TRAIN_RESUMABLE_CHANGES and fa.get(k) != fb.get(k))
+
+
+__all__ += ["TrainConfig", "TRAIN_FLAGS", "TRAIN_PRESETS", "get_train_preset", "train_config_from_dict",
+            "TRAIN_RESUMABLE_CHANGES", "train_config_differences"]

@@ -141,15 +141,16 @@ def explain_lines(context: dict[str, Any], value: float | None) -> list[str]:
     return lines
 
 
-def interrupted_message(run: RunDir) -> str:
-    """One line for Ctrl-C: what the run directory holds and the command that continues."""
+def interrupted_message(run: RunDir, command: str = "python -m bayesnas_core.run") -> str:
+    """One line for Ctrl-C: what the run directory holds and the command that continues
+    (``command --resume RUN_DIR``)."""
     if run.checkpoint_path.is_file():
         try:
             done = f"epoch {run.load_checkpoint()['epoch']}"
         except UserError:
             done = "an epoch (the checkpoint did not load)"
         return (f"interrupted; {run.path} has a checkpoint after {done}: continue with "
-                f"python -m bayesnas_core.run --resume {shlex.quote(str(run.path))}")
+                f"{command} --resume {shlex.quote(str(run.path))}")
     return (f"interrupted before the first epoch ended; {run.path} holds only config.json and "
             "env.json (no checkpoint): delete it and run the command again")
 
@@ -166,13 +167,12 @@ def run_search(cfg: RunConfig | None = None, *, resume: str | Path | None = None
     threads (None: :func:`~bayesnas_core.threads.default_threads`, recorded in the run's
     config) and restores the caller's count afterwards.
     """
-    from .threads import resolve_threads, torch_threads
+    from .threads import resolve_threads, stored_threads, torch_threads
 
     if cfg is not None and cfg.threads is None:
         cfg = copy.deepcopy(cfg)
         cfg.threads = resolve_threads(None)
-    stored = None if resume is None else RunDir.open(resume)
-    threads = cfg.threads if cfg is not None else _stored_threads(stored)
+    threads = cfg.threads if cfg is not None else stored_threads(RunDir.open(resume).read_json("config.json"))
     with torch_threads(resolve_threads(threads)):
         return _run_search(cfg, resume=resume, progress=progress, log=log, bench=bench,
                            data=data, device=device, speed=speed)
@@ -201,14 +201,6 @@ def _speed_watch(cfg: RunConfig, log: Callable[[str], None]) -> Callable[[dict[s
             log(hint)
 
     return watch
-
-
-def _stored_threads(run: RunDir | None) -> int | None:
-    if run is None:
-        return None
-    cfg = run.read_json("config.json")
-    value = cfg.get("threads") if isinstance(cfg, dict) else None
-    return value if isinstance(value, int) and value >= 1 else None
 
 
 def _run_search(cfg: RunConfig | None, *, resume: str | Path | None, progress: Progress,

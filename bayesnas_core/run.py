@@ -8,6 +8,7 @@ Commands:
 - ``ablation-tf``: the seed's Table 4 (proxy x K).
 - ``export RUN_DIR... --to DIR``: copy finished runs' records into a results folder.
 - ``proxies``: rank correlation of each zero-cost proxy with NB201 accuracy.
+- ``train --arch ARCH``: train one cell's stand-alone network from scratch (:mod:`.train`).
 
 ``--help`` before any command lists them all (:func:`overview`).
 
@@ -22,8 +23,8 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Callable, Sequence, Union, get_args, get_origin
 
-from .config import (FLAGS, PRESETS, SPEED_ONLY_FIELDS, RunConfig, config_fields, get_preset,
-                     set_field)
+from .config import (FLAGS, PRESETS, SPEED_ONLY_FIELDS, RunConfig, config_fields, get_field,
+                     get_preset, set_field)
 from .errors import Interrupted, UserError
 
 __all__ = ["main", "build_config"]
@@ -51,25 +52,26 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             groups[section] = p.add_argument_group(f"{section} settings" if section != "run" else
                                                    "run settings")
         g = groups[section]
-        current = _get(shown, dotted)
+        current = get_field(shown, dotted)
         text = f"{text} [default preset: {'/'.join(map(str, current)) if isinstance(current, tuple) else current}]"
-        options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
-        base = next(t for t in options if t is not type(None))
-        if base is bool:
-            g.add_argument(flag, dest=dotted, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif get_origin(base) is tuple:
-            g.add_argument(flag, dest=dotted, type=float, nargs=len(get_args(base)), default=None,
-                           metavar=("B1", "B2"), help=text)
-        else:
-            g.add_argument(flag, dest=dotted, type=base, default=None, help=text,
-                           metavar=flag.lstrip("-").upper().replace("-", "_"))
+        _add_typed_option(g, flag, dotted, hint, text)
     p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
 
 
-def _get(cfg: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
+def _add_typed_option(p: Any, flag: str, dest: str, hint: Any, text: str) -> None:
+    """An option for a dataclass field of type ``hint`` (default None: not given): a bool
+    gets ``--x/--no-x``, a tuple one value per element, anything else one typed value."""
+    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    base = next(t for t in options if t is not type(None))
+    if base is bool:
+        p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
+    elif get_origin(base) is tuple:
+        n = len(get_args(base))
+        p.add_argument(flag, dest=dest, type=float, nargs=n, default=None, help=text,
+                       metavar=tuple(f"V{i + 1}" for i in range(n)))
+    else:
+        p.add_argument(flag, dest=dest, type=base, default=None, help=text,
+                       metavar=flag.lstrip("-").upper().replace("-", "_"))
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
@@ -293,6 +295,58 @@ def _cmd_export(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_train(argv: Sequence[str]) -> int:
+    from dataclasses import fields
+    from typing import get_type_hints
+
+    from .benchmarks import GroundTruth, format_ground_truth
+    from .config import TRAIN_FLAGS, TRAIN_PRESETS, TrainConfig, get_train_preset
+    from .train import run_train
+
+    p = _Parser(prog="python -m bayesnas_core.run train",
+                description="Train one NB201 cell's stand-alone network from scratch and test it "
+                "after every epoch (recipes: cpu, a 2-core CPU in under 2 minutes; nb201, "
+                "NAS-Bench-201's 200-epoch CIFAR-10 recipe for a GPU).")
+    p.add_argument("--recipe", default="cpu", help=f"one of: {', '.join(TRAIN_PRESETS)} (default: cpu)")
+    shown = get_train_preset("cpu")
+    hints = get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        if f.name == "recipe":
+            continue
+        flag, text = TRAIN_FLAGS[f.name]
+        value = getattr(shown, f.name)
+        text = text if f.name == "arch" else f"{text} [cpu recipe: {'-' if value is None else value}]"
+        _add_typed_option(p, flag, f.name, hints[f.name], text)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted training run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
+    args = p.parse_args(argv)
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if f.name != "recipe" and getattr(args, f.name, None) is not None}
+    if args.resume:
+        if set(given) - {"device"} or args.recipe != "cpu":
+            raise UserError("--resume continues with the run's stored settings; drop the other "
+                            "options (only --device and --no-progress may change)")
+        result = run_train(resume=args.resume, progress=_progress(args), device=given.get("device"))
+    else:
+        cfg = get_train_preset(args.recipe)
+        for name, value in given.items():
+            setattr(cfg, name, value)
+        result = run_train(cfg.validate(), progress=_progress(args))
+    rec = result["ground_truth"]
+    print("")
+    print(f"trained cell {result['index']} {result['arch']} ({result['recipe']} recipe, "
+          f"{result['epochs']} epochs on {result['dataset']}, {result['params']:,} parameters)")
+    print(f"  test accuracy {result['final_test_acc']:.2f} % after the last epoch, best "
+          f"{result['best_test_acc']:.2f} % (epoch {result['best_epoch']})")
+    if result["ground_truth_metric"] is None:
+        print(f"  (NAS-Bench-201 has no {result['dataset']} numbers; its ground truth below is "
+              "for reference only)")
+    print(format_ground_truth(GroundTruth(arch_str=rec["arch"], index=rec["index"],
+                                          metrics=rec["metrics"], source=rec["source"])))
+    print(f"run directory: {result['run_dir']}  (wall time {result['wall_time_s']:.1f} s)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "search": _cmd_search,
     "lookup": _cmd_lookup,
@@ -300,6 +354,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "ablation-mc": _cmd_ablation_mc,
     "ablation-tf": _cmd_ablation_tf,
     "proxies": _cmd_proxies,
+    "train": _cmd_train,
 }
 
 #: one line per command for the top-level help
@@ -310,6 +365,7 @@ SUMMARIES = {
     "ablation-mc": "the seed's Table 5: BaLeNAS for each M and seed, with Random and DARTS",
     "ablation-tf": "the seed's Table 4: BaLeNAS-TF with each proxy and sample size K",
     "proxies": "rank correlation of SynFlow, SNIP and GraSP with NAS-Bench-201 accuracy",
+    "train": "train one NB201 cell's stand-alone network from scratch (recipes: cpu, nb201)",
 }
 
 

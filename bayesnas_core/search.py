@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import RunConfig, config_differences, config_from_dict, to_dict
+from .config import RunConfig, config_differences, config_from_dict, get_field, to_dict
 from .data import BatchIterator, SearchData
 from .engine import StepEngine, engine_supported
 from .errors import NonFiniteLossError, UserError
@@ -437,17 +437,10 @@ def check_resumable(cfg: RunConfig, state: dict[str, Any], where: Path) -> None:
     stored = config_from_dict(state.get("config", {}), where=f"checkpoint in {where}")
     diffs = config_differences(stored, cfg)
     if diffs:
-        shown = ", ".join(f"{k} ({_get(stored, k)!r} in the checkpoint, {_get(cfg, k)!r} now)"
+        shown = ", ".join(f"{k} ({get_field(stored, k)!r} in the checkpoint, {get_field(cfg, k)!r} now)"
                           for k in diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
         raise UserError(f"{where} cannot resume with another configuration: {shown}; restore "
                         "config.json or start a new run without --resume")
-
-
-def _get(cfg: RunConfig, dotted: str) -> Any:
-    obj: Any = cfg
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _make_generator(device: torch.device, seed: int) -> torch.Generator:

@@ -25,11 +25,11 @@ import contextlib
 import math
 import os
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
-__all__ = ["default_threads", "busy_cpus", "resolve_threads", "torch_threads", "idle_reference", "slow_step_hint"]
+__all__ = ["default_threads", "busy_cpus", "resolve_threads", "stored_threads", "torch_threads", "idle_reference", "slow_step_hint"]
 
 
 #: torch's thread count when this module was imported (before any policy touched it)
@@ -80,6 +80,13 @@ def busy_cpus(window_s: float = 0.25) -> float:
 def resolve_threads(threads: int | None) -> int:
     """``threads``, or the policy's number when it is None."""
     return default_threads() if threads is None else int(threads)
+
+
+def stored_threads(config: Any) -> int | None:
+    """The thread count a run's stored ``config.json`` records (None if it has none: a
+    run from before the policy, which then gets the policy's count)."""
+    value = config.get("threads") if isinstance(config, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
 @contextlib.contextmanager

@@ -185,7 +185,7 @@ def test_top_level_help_lists_every_command() -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == ""
     listed = [ln.split()[0] for ln in proc.stdout.splitlines() if ln.startswith("  ")]
-    assert listed == ["search", "lookup", "export", "ablation-mc", "ablation-tf", "proxies"]
+    assert listed == ["search", "lookup", "export", "ablation-mc", "ablation-tf", "proxies", "train"]
     assert "COMMAND --help" in proc.stdout
 
 
@@ -236,7 +236,8 @@ def test_every_setting_has_a_flag_that_sets_it() -> None:
     import argparse
 
     from bayesnas_core.config import FLAGS, config_fields, get_preset
-    from bayesnas_core.run import _add_config_flags, _get, build_config
+    from bayesnas_core.config import get_field as _get
+    from bayesnas_core.run import _add_config_flags, build_config
 
     special = {"dtype": "float64", "device": "cpu", "search.method": "darts", "search.order": "2",
                "data.dataset": "fashion-mnist", "space.name": "nb201", "select.method": "synflow",

@@ -1,0 +1,343 @@
+"""Training one NB201 cell's stand-alone network from scratch: ``python -m bayesnas_core.run train``.
+
+A search ends in a cell and the benchmark's number for it; this module trains the cell
+itself. :func:`run_train` builds the cell's :class:`~bayesnas_core.spaces.NB201Network`,
+trains it on the whole training split of the dataset (the union of the two search halves;
+for CIFAR-100 and ImageNet16-120 the training set, as NB201) with SGD and a cosine
+learning rate set once per epoch, evaluates it on the test split after every epoch, and
+writes a run directory as a search does (:mod:`bayesnas_core.runs`)::
+
+    config.json     asdict(TrainConfig), with the arch as a string and the thread count
+    env.json        versions, git commit, device, command line
+    metrics.jsonl   one record per epoch: lr, train/test loss and accuracy (%), times
+    checkpoint.pt   model, optimizer, scheduler, RNG state and metrics, atomic, every epoch
+    result.json     final and best test accuracy, parameter count, NB201 ground truth
+
+The recipes are :data:`~bayesnas_core.config.TRAIN_PRESETS`: ``cpu`` (a small network on
+the shipped Fashion-MNIST subset, under two minutes on a 2-core CPU) and ``nb201``
+(NAS-Bench-201's 200-epoch CIFAR-10 recipe, for a GPU). Batches come from
+:class:`~bayesnas_core.data.BatchIterator`, a pure function of ``(seed, epoch)``; the last
+partial batch of an epoch is dropped (a batch of one image would break batch norm), so
+each epoch leaves out fewer than ``batch_size`` images, different ones every epoch.
+``--resume`` continues from the last checkpoint and ends bit-identical to an uninterrupted
+run on the CPU. Accuracies are in %, as NAS-Bench-201 reports them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig, train_config_differences, train_config_from_dict
+from .data import NORMALIZATION, BatchIterator, SearchData, TensorSplit, load_search_data
+from .errors import Interrupted, NonFiniteLossError, UserError
+from .experiments import Progress
+from .runs import RunDir, environment_info, seed_everything
+from .spaces import Arch, NB201Network
+
+__all__ = [
+    "TrainResult",
+    "resolve_arch",
+    "training_splits",
+    "build_network",
+    "count_parameters",
+    "evaluate",
+    "check_train_resumable",
+    "train_network",
+    "run_train",
+    "GROUND_TRUTH_METRIC",
+]
+
+#: The NB201 metric a stand-alone run on each dataset compares with (the test split the
+#: benchmark reports); Fashion-MNIST has none.
+GROUND_TRUTH_METRIC = {"cifar10": "cifar10_test", "cifar100": "cifar100_test",
+                       "imagenet16-120": "imagenet16_test"}
+
+#: Datasets whose search-valid half is cut from the test set: only search-train is training data
+_VALID_FROM_TEST = ("cifar100", "imagenet16-120")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_network` produced."""
+
+    model: NB201Network
+    metrics: list[dict[str, Any]]
+    wall_time_s: float  # the training epochs, all sessions of a resumed run
+
+
+def resolve_arch(arch: str, bench: Any) -> tuple[Arch, int]:
+    """The cell that ``arch`` (an arch string or an NB201 index) names, and its NB201 index."""
+    arch = arch.strip()
+    gt = bench.query(int(arch) if arch.isascii() and arch.isdecimal() else arch)
+    return Arch.parse(gt.arch_str), gt.index
+
+
+def training_splits(data: SearchData) -> tuple[TensorSplit, TensorSplit, str]:
+    """The training split (both search halves; for CIFAR-100 and ImageNet16-120, whose
+    search-valid half comes from the test set, search-train alone), the test split, and a
+    line that says which images they are."""
+    if data.test is None:
+        raise UserError(f"{data.name} has no test split to evaluate on")
+    if data.name in _VALID_FROM_TEST:
+        return data.train, data.test, f"train = search-train ({len(data.train)} images), test = " \
+            f"{len(data.test)} images ({data.split_note})"
+    train = TensorSplit(torch.cat([data.train.x, data.valid.x]), torch.cat([data.train.y, data.valid.y]))
+    return train, data.test, (f"train = both search halves ({len(train)} images), test = "
+                              f"{len(data.test)} images ({data.split_note})")
+
+
+def build_network(cfg: TrainConfig, arch: Arch | str, num_classes: int, in_channels: int) -> NB201Network:
+    """The stand-alone network of ``arch`` at ``cfg.C`` / ``cfg.N`` on ``cfg.device`` / ``cfg.dtype``."""
+    return NB201Network(arch, cfg.C, cfg.N, num_classes, in_channels,
+                        device=torch.device(cfg.device), dtype=getattr(torch, cfg.dtype))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Every parameter of ``model`` (NAS-Bench-201's "#Params" counts the same, in millions)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _train_batches(cfg: TrainConfig, train: TensorSplit, dataset: str) -> BatchIterator:
+    """The seeded training batches; padding is black, as NB201's RandomCrop pads pixels
+    with 0 before normalizing. A split smaller than a batch: one-line :class:`UserError`."""
+    fill: float | list[float] = 0.0
+    if dataset in NORMALIZATION:
+        fill = [-m / s for m, s in zip(*NORMALIZATION[dataset])]
+    if len(train) < cfg.batch_size:
+        raise UserError(f"the training split ({len(train)} images) is smaller than one batch of "
+                        f"{cfg.batch_size}; lower --batch-size or raise --limit")
+    return BatchIterator(train, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed,
+                         fill=fill)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: TensorSplit, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (%) of ``model`` (in eval mode) on every image of ``split``."""
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    for x, y in BatchIterator(split, min(batch_size, len(split)), shuffle=False, drop_last=False).epoch(0):
+        logits = model(x)
+        loss += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(-1) == y).sum()
+    return loss.item() / len(split), 100.0 * correct.item() / len(split)
+
+
+def check_train_resumable(cfg: TrainConfig, state: dict[str, Any], where: Path) -> None:
+    """Refuse, in one line naming the fields, to resume ``state`` with a configuration that
+    trains something else (only the device, the output folder and --download may differ)."""
+    stored = train_config_from_dict(state.get("config", {}), where=f"checkpoint in {where}")
+    diffs = train_config_differences(stored, cfg)
+    if diffs:
+        shown = ", ".join(f"{k} ({getattr(stored, k)!r} in the checkpoint, {getattr(cfg, k)!r} now)"
+                          for k in diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        raise UserError(f"{where} cannot resume with another configuration: {shown}; restore "
+                        "config.json or start a new run without --resume")
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """One plain progress line for a finished epoch."""
+    return (f"epoch {record['epoch']}/{epochs}, lr {record['lr']:.4g}, "
+            f"train_loss {record['train_loss']:.4f}, train_acc {record['train_acc']:.2f} %, "
+            f"test_loss {record['test_loss']:.4f}, test_acc {record['test_acc']:.2f} %, "
+            f"{record['wall_time_s']:.1f} s")
+
+
+def train_network(cfg: TrainConfig, arch: Arch, train: TensorSplit, test: TensorSplit, *,
+                  num_classes: int, in_channels: int, dataset: str, run: RunDir | None = None,
+                  resume: bool = False, progress: Progress = True,
+                  on_record: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train ``arch``'s network as ``cfg`` says on ``train`` (already on ``cfg.device``),
+    testing on ``test`` after every epoch.
+
+    With ``run``, every epoch rewrites ``metrics.jsonl`` and ``checkpoint.pt``
+    (atomically); ``resume=True`` continues from that checkpoint. ``on_record(record)``
+    sees each finished epoch's record after its checkpoint is written. ``progress``: True
+    shows bars, a callable gets one plain line per epoch, False shows nothing.
+    """
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    dtype = getattr(torch, cfg.dtype)
+    if train.x.dtype != dtype:
+        train, test = TensorSplit(train.x.to(dtype), train.y), TensorSplit(test.x.to(dtype), test.y)
+    seed_everything(cfg.seed)
+    model = build_network(cfg, arch, num_classes, in_channels)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr_min)
+    batches = _train_batches(cfg, train, dataset)
+
+    metrics: list[dict[str, Any]] = []
+    start, elapsed = 0, 0.0
+    if resume:
+        if run is None:
+            raise UserError("--resume needs a run directory")
+        state = run.load_checkpoint()
+        check_train_resumable(cfg, state, run.path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        metrics = state["metrics"]
+        start, elapsed = int(state["epoch"]), float(state["wall_time_s"])
+
+    def stop(epoch: int) -> NonFiniteLossError:
+        kept = (f"the last good checkpoint (epoch {metrics[-1]['epoch']}) is kept in {run.path}"
+                if run is not None and metrics else "no checkpoint was written")
+        return NonFiniteLossError(f"non-finite loss in epoch {epoch}; training stopped and {kept}; "
+                                  f"lower --lr (now {cfg.lr})")
+
+    bars = progress is True
+    epochs = tqdm(range(start, cfg.epochs), desc="train cell", unit="epoch", disable=not bars,
+                  initial=start, total=cfg.epochs)
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]  # the rate this epoch trains with
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=train.x.device)
+        correct = torch.zeros((), dtype=torch.int64, device=train.x.device)
+        seen = 0
+        for x, y in tqdm(batches.epoch(epoch), total=len(batches), desc=f"epoch {epoch + 1}",
+                         leave=False, disable=not bars):
+            opt.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.detach().argmax(-1) == y).sum()
+            seen += len(y)
+        train_loss = loss_sum.item() / seen
+        if not math.isfinite(train_loss):
+            raise stop(epoch + 1)
+        sched.step()
+        train_s = time.perf_counter() - t0
+        test_loss, test_acc = evaluate(model, test, cfg.batch_size)
+        elapsed += time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+                  "train_acc": 100.0 * correct.item() / seen, "test_loss": test_loss,
+                  "test_acc": test_acc, "step_ms": 1000 * train_s / len(batches),
+                  "epoch_s": time.perf_counter() - t0, "wall_time_s": elapsed}
+        metrics.append(record)
+        epochs.set_postfix(test_acc=f"{test_acc:.2f}")
+        if callable(progress):
+            progress(epoch_line(record, cfg.epochs))
+        if run is not None:
+            run.write_metrics(metrics)
+            run.save_checkpoint({
+                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+                "metrics": metrics, "config": asdict(cfg), "wall_time_s": elapsed,
+            })
+        if on_record is not None:
+            on_record(record)
+    return TrainResult(model=model, metrics=metrics, wall_time_s=elapsed)
+
+
+def _run_name(cfg: TrainConfig, index: int) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-train-{cfg.recipe}-cell{index}-s{cfg.seed}"
+
+
+def run_train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
+              progress: Progress = True, log: Callable[[str], None] = print, bench: Any = None,
+              data: SearchData | None = None, device: str | None = None,
+              on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train the cell ``cfg.arch`` names and write its run directory; returns result.json's record.
+
+    ``resume`` is a run directory: its stored config is used (``device`` may move it) and
+    training continues from its last checkpoint. Every mistake is a one-line
+    :class:`UserError` raised before a run folder is made. It runs with ``cfg.threads``
+    CPU threads (None: :func:`~bayesnas_core.threads.default_threads`, recorded in the
+    run's config), as :func:`~bayesnas_core.experiments.run_search` does.
+    """
+    from .threads import resolve_threads, stored_threads, torch_threads
+
+    if cfg is not None and cfg.threads is None:
+        cfg = copy.deepcopy(cfg)
+        cfg.threads = resolve_threads(None)
+    threads = cfg.threads if cfg is not None else stored_threads(RunDir.open(resume).read_json("config.json"))
+    with torch_threads(resolve_threads(threads)):
+        return _run_train(cfg, resume=resume, progress=progress, log=log, bench=bench, data=data,
+                          device=device, on_record=on_record)
+
+
+def _run_train(cfg: TrainConfig | None, *, resume: str | Path | None, progress: Progress,
+               log: Callable[[str], None], bench: Any, data: SearchData | None, device: str | None,
+               on_record: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    from .benchmarks import open_benchmark
+    from .experiments import ground_truth_record, interrupted_message
+
+    t_start = time.perf_counter()
+    run = None
+    if resume is not None:
+        run = RunDir.open(resume)
+        cfg = train_config_from_dict(run.read_json("config.json"), where=str(run.path / "config.json"))
+        if device is not None:
+            cfg.device = device
+        cfg.validate()
+        check_train_resumable(cfg, run.load_checkpoint(), run.path)
+        log(f"resuming {run.path}")
+    elif cfg is None:
+        raise ValueError("run_train needs a config or a run directory to resume")
+    else:
+        cfg = copy.deepcopy(cfg).validate()
+    bench = bench if bench is not None else open_benchmark(cfg.nb201_file)
+    arch, index = resolve_arch(cfg.arch, bench)
+    cfg.arch = str(arch)  # config.json names the cell, also when an index was given
+    if data is None:
+        data = load_search_data(cfg.dataset, cfg.root, image_size=cfg.image_size, limit=cfg.limit,
+                                download=cfg.download, seed=cfg.seed, device=cfg.device)
+    train, test, note = training_splits(data)
+    _train_batches(cfg, train, data.name)  # too small for a batch: one line, before any folder
+    if run is None:
+        run = RunDir.create(cfg.out, _run_name(cfg, index), asdict(cfg), environment_info(cfg.device))
+        log(f"run directory: {run.path}")
+    log(f"cell {index}: {arch}; {note}")
+    try:
+        result = train_network(cfg, arch, train, test, num_classes=data.num_classes,
+                               in_channels=data.in_channels, dataset=data.name, run=run,
+                               resume=resume is not None, progress=progress, on_record=on_record)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(run, "python -m bayesnas_core.run train")) from None
+    metrics = result.metrics
+    best = max(metrics, key=lambda r: r["test_acc"])
+    gt = ground_truth_record(bench.query(str(arch)))
+    metric = GROUND_TRUTH_METRIC.get(data.name)
+    params = count_parameters(result.model)
+    record = {
+        "arch": str(arch),
+        "index": index,
+        "recipe": cfg.recipe,
+        "seed": cfg.seed,
+        "dataset": data.name,
+        "split": note,
+        "epochs": cfg.epochs,
+        "C": cfg.C,
+        "N": cfg.N,
+        "final_test_acc": metrics[-1]["test_acc"],
+        "final_test_loss": metrics[-1]["test_loss"],
+        "best_test_acc": best["test_acc"],
+        "best_epoch": best["epoch"],
+        "params": params,
+        "params_m": params / 1e6,  # NB201's "#Params (MB)"
+        "ground_truth": gt,
+        "ground_truth_metric": metric,  # the NB201 number this run is comparable with (None: none)
+        "ground_truth_value": None if metric is None else gt["metrics"].get(metric),
+        "wall_time_s": result.wall_time_s,  # the training epochs (all sessions)
+        "session_wall_time_s": time.perf_counter() - t_start,
+        "threads": torch.get_num_threads(),
+        "device": cfg.device,
+        "run_dir": str(run.path),
+    }
+    run.write_json("result.json", record)
+    return record
