@@ -413,6 +413,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted before any run directory was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `... lookup 0 | head -1`: the reader left, nothing to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141
 
 
 if __name__ == "__main__":

@@ -265,3 +265,12 @@ def test_every_setting_has_a_flag_that_sets_it() -> None:
             assert got != current, (dotted, argv)
         if want is not None:
             assert got == want, (dotted, got, want)
+
+
+def test_a_closed_pipe_is_not_a_traceback() -> None:
+    """``lookup ... | head -1``: the reader stops early; no traceback, exit 141 (SIGPIPE's)."""
+    proc = subprocess.Popen([sys.executable, "-m", "bayesnas_core.run", "lookup", "0", "1", "2"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
