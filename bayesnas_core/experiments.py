@@ -577,6 +577,8 @@ def proxy_study(cfg: RunConfig, counts: dict[str, int], *, results_dir: str | Pa
             done += [[i, c.score, c.log10] for i, c in zip(todo[start:start + save_every], scored)]
             ledger.put(proxy, done)
             bar.update(len(chunk))
+            if callable(progress):
+                progress(f"{proxy}: {len(done)}/{count} cells scored")
         bar.close()
     summary: dict[str, Any] = {"command": command, "seed": seed, "C": C, "N": N,
                                "dataset": data.name, "image_shape": [data.in_channels,
