@@ -44,6 +44,7 @@ __all__ = [
     "proxy_study",
     "export_runs",
     "load_result",
+    "best_epoch",
     "bayesian_regression_demo",
     "mc_gradient_spread",
 ]
@@ -328,12 +329,31 @@ def writable_folder(path: str | Path, flag: str) -> Path:
     return path
 
 
+#: the ground-truth metric by which a study marks a search's best epoch
+BEST_EPOCH_METRIC = "cifar10_test"
+
+
 def _summary_of(record: dict[str, Any]) -> dict[str, Any]:
+    """A finished search in a study's ledger: its final cell, and its best epoch's cell
+    (the epoch whose argmax cell had the highest ground truth: an oracle that shows how far
+    the search drifted from the best cell it passed through, not a selection rule)."""
     last = record["final_epoch"] or {}
     return {"arch": record["arch"], "metrics": record["ground_truth"]["metrics"],
             "hessian_eig": last.get("hessian_eig"),
             "parameter_free_ops": last.get("parameter_free_ops"),
-            "wall_time_s": record["wall_time_s"]}
+            "wall_time_s": record["wall_time_s"],
+            "best_epoch": best_epoch(RunDir(record["run_dir"]).read_metrics())}
+
+
+def best_epoch(metrics: list[dict[str, Any]], metric: str = BEST_EPOCH_METRIC) -> dict[str, Any] | None:
+    """The epoch whose argmax cell scored the highest ground-truth ``metric`` (the first on
+    ties): ``{"epoch", "arch", metric}``; None when no epoch has the metric."""
+    key = f"gt_{metric}"
+    scored = [m for m in metrics if m.get(key) is not None]
+    if not scored:
+        return None
+    top = max(scored, key=lambda m: m[key])  # max keeps the first of equal values
+    return {"epoch": top["epoch"], "arch": top["arch"], metric: top[key]}
 
 
 def _row(label: str, runs: list[dict[str, Any]], metrics: tuple[str, ...]) -> dict[str, Any]:
@@ -344,17 +364,19 @@ def _row(label: str, runs: list[dict[str, Any]], metrics: tuple[str, ...]) -> di
     for extra in ("hessian_eig", "parameter_free_ops"):
         vals = [r[extra] for r in runs if r.get(extra) is not None]
         row[extra] = mean_std(vals) if vals else None
+    best = [r["best_epoch"][BEST_EPOCH_METRIC] for r in runs if r.get("best_epoch")]
+    row["best_epoch"] = mean_std(best) if best else None
     return row
 
 
 def table_markdown(rows: list[dict[str, Any]], metrics: tuple[str, ...],
                    first: str = "method") -> str:
     """A Markdown table of ``mean ± std`` per metric; a missing metric reads 'missing'."""
-    cols = [first, "n", *metrics, "hessian_eig", "parameter_free_ops"]
+    cols = [first, "n", *metrics, "hessian_eig", "parameter_free_ops", "best_epoch"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [r["label"], str(r["n"])]
-        for c in (*metrics, "hessian_eig", "parameter_free_ops"):
+        for c in (*metrics, "hessian_eig", "parameter_free_ops", "best_epoch"):
             v = r.get(c)
             if v is None:
                 cells.append("missing" if c in metrics else "-")
@@ -399,7 +421,9 @@ def _write_table(results_dir: Path, stem: str, title: str, command: str,
     md = (f"# {title}\n\nCommand: `{command}`\n\nNAS-Bench-201 accuracy (%) of the selected "
           f"cell, mean ± std (population) over seeds; `hessian_eig` is the dominant eigenvalue "
           f"of the validation-loss Hessian w.r.t. alpha after the last epoch, "
-          f"`parameter_free_ops` the number of parameter-free ops in the selected cell.\n\n"
+          f"`parameter_free_ops` the number of parameter-free ops in the selected cell, "
+          f"`best_epoch` the {BEST_EPOCH_METRIC} of the best cell a search's argmax passed "
+          f"through at the end of any epoch (an oracle: how far the search drifted).\n\n"
           + table_markdown(rows, metrics, first))
     out = {"title": title, "command": command, "metrics": list(metrics), "rows": rows,
            "env": environment_info(extra.get("config", {}).get("device")), **extra}

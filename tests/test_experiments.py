@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bayesnas_core.experiments import mean_std, rank_correlations, table_markdown
+from bayesnas_core.experiments import best_epoch, mean_std, rank_correlations, table_markdown
 from bayesnas_core.errors import UserError
 from bayesnas_core.run import main
 
@@ -49,6 +49,12 @@ def test_ablation_mc_smoke_and_reproducible(tmp_path, capsys) -> None:
     assert "ablation-mc --preset lesson" in table["command"]
     md = (tmp_path / "a" / "ablation-mc.md").read_text()
     assert "| M = 1 | 2 |" in md and "| optimal | 1 | 91.61" in md
+    # the best epoch's cell: never worse than the final one, and it is one of the epochs' cells
+    for run in table["runs"].values():
+        best = run["best_epoch"]
+        assert best["cifar10_test"] >= run["metrics"]["cifar10_test"] and best["epoch"] >= 1
+    assert table["rows"][0]["best_epoch"][0] >= table["rows"][0]["cifar10_test"][0]
+    assert "| parameter_free_ops | best_epoch |" in md
     # same command, fresh folder: identical numbers
     assert main(["ablation-mc", *args, "--results", str(tmp_path / "b")]) == 0
     again = json.loads((tmp_path / "b" / "ablation-mc.json").read_text())
@@ -144,3 +150,12 @@ def test_study_options_are_checked_before_any_work(tmp_path, capsys, argv, needl
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err
     assert not (tmp_path / "r").exists()
+
+
+def test_best_epoch_is_the_highest_ground_truth_first_on_ties() -> None:
+    metrics = [{"epoch": 1, "arch": "a", "gt_cifar10_test": 80.0},
+               {"epoch": 2, "arch": "b", "gt_cifar10_test": 91.0},
+               {"epoch": 3, "arch": "c", "gt_cifar10_test": 91.0},
+               {"epoch": 4, "arch": "d"}]
+    assert best_epoch(metrics) == {"epoch": 2, "arch": "b", "cifar10_test": 91.0}
+    assert best_epoch([{"epoch": 1, "arch": "a"}]) is None
