@@ -570,8 +570,8 @@ def test_kill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path)
     import signal
     import time
 
-    argv = ["--preset", "lesson", "--epochs", "6", "--limit", "64", "--channels", "4",
-            "--batch-size", "16", "--no-progress"]
+    argv = ["--preset", "lesson", "--epochs", "8", "--limit", "64", "--channels", "4",
+            "--batch-size", "16"]  # output is a pipe: one plain line per epoch
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     ref = subprocess.run([sys.executable, "-m", "bayesnas_core.run", *argv, "--out",
                           str(tmp_path / "ref")], env=env, capture_output=True, text=True, timeout=300)
@@ -584,15 +584,20 @@ def test_kill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path)
     for attempt in range(12):
         during_save = attempt < 2 or attempt % 2 == 1  # two kills inside a save first
         cmd = [sys.executable, "-c", SLOW_SAVE,
-               *(argv + ["--out", str(out)] if run is None else ["--resume", str(run), "--no-progress"])]
+               *(argv + ["--out", str(out)] if run is None else ["--resume", str(run)])]
         save_at = rng.randint(1, 2) if during_save else 0
         proc = subprocess.Popen(cmd, env={**env, "SAVE_AT": str(save_at)},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if during_save:
-            if proc.stderr.readline().strip() == "SAVING":  # inside the save: kill now
-                time.sleep(rng.uniform(0.0, 0.5))
-        else:
-            time.sleep(rng.uniform(1.0, 5.0))
+            for line in proc.stderr:  # until the SAVE_AT-th save pauses (or the run ends)
+                if line.strip() == "SAVING":  # inside the save: kill now
+                    time.sleep(rng.uniform(0.0, 0.5))
+                    break
+        else:  # a random point of the session's second epoch or later
+            for line in proc.stdout:
+                if line.startswith("epoch "):
+                    break
+            time.sleep(rng.uniform(0.0, 0.3))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills["save" if during_save else "random"] += 1
