@@ -30,6 +30,7 @@ __all__ = [
     "FLAGS",
     "config_fields",
     "get_field",
+    "refuse_differences",
     "set_field",
     "SPEED_ONLY_FIELDS",
     "RESUMABLE_CHANGES",
@@ -284,6 +285,17 @@ def get_field(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
     return cfg
+
+
+def refuse_differences(stored: Any, now: Any, diffs: list[str], where: Any) -> None:
+    """Raise the one-line :class:`UserError` of a resume whose configuration ``now``
+    differs from the checkpoint's ``stored`` in the dotted fields ``diffs`` (if any)."""
+    if not diffs:
+        return
+    shown = ", ".join(f"{k} ({get_field(stored, k)!r} in the checkpoint, {get_field(now, k)!r} now)"
+                      for k in diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+    raise UserError(f"{where} cannot resume with another configuration: {shown}; restore "
+                    "config.json or start a new run without --resume")
 
 
 def set_field(cfg: RunConfig, dotted: str, value: Any) -> None:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import RunConfig, config_differences, config_from_dict, get_field, to_dict
+from .config import RunConfig, config_differences, config_from_dict, refuse_differences, to_dict
 from .data import BatchIterator, SearchData
 from .engine import StepEngine, engine_supported
 from .errors import NonFiniteLossError, UserError
@@ -435,12 +435,7 @@ def check_resumable(cfg: RunConfig, state: dict[str, Any], where: Path) -> None:
     device, the output folder and the speed-only options (fields added since the
     checkpoint was written take their defaults)."""
     stored = config_from_dict(state.get("config", {}), where=f"checkpoint in {where}")
-    diffs = config_differences(stored, cfg)
-    if diffs:
-        shown = ", ".join(f"{k} ({get_field(stored, k)!r} in the checkpoint, {get_field(cfg, k)!r} now)"
-                          for k in diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
-        raise UserError(f"{where} cannot resume with another configuration: {shown}; restore "
-                        "config.json or start a new run without --resume")
+    refuse_differences(stored, cfg, config_differences(stored, cfg), where)
 
 
 def _make_generator(device: torch.device, seed: int) -> torch.Generator:

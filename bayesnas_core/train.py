@@ -30,13 +30,13 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig, train_config_differences, train_config_from_dict
+from .config import TrainConfig, refuse_differences, train_config_differences, train_config_from_dict
 from .data import NORMALIZATION, BatchIterator, SearchData, TensorSplit, load_search_data
 from .errors import Interrupted, NonFiniteLossError, UserError
 from .experiments import Progress
@@ -136,12 +136,7 @@ def check_train_resumable(cfg: TrainConfig, state: dict[str, Any], where: Path) 
     """Refuse, in one line naming the fields, to resume ``state`` with a configuration that
     trains something else (only the device, the output folder and --download may differ)."""
     stored = train_config_from_dict(state.get("config", {}), where=f"checkpoint in {where}")
-    diffs = train_config_differences(stored, cfg)
-    if diffs:
-        shown = ", ".join(f"{k} ({getattr(stored, k)!r} in the checkpoint, {getattr(cfg, k)!r} now)"
-                          for k in diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
-        raise UserError(f"{where} cannot resume with another configuration: {shown}; restore "
-                        "config.json or start a new run without --resume")
+    refuse_differences(stored, cfg, train_config_differences(stored, cfg), where)
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
