@@ -77,3 +77,46 @@ def planned_regime(*, epochs: int, train_size: int, batch_size: int, a_lr: float
     steps = epochs * (train_size // batch_size)
     return {"arch_steps": steps, "alpha_travel_bound": a_lr * steps,
             "s_warmup": 1.0 - beta2 ** steps}
+
+
+#: Images in each search split (train = valid) of the datasets whose split is the
+#: training set cut in half (bayesnas_core.data: the shipped subset's 4,000 training
+#: images, Fashion-MNIST's 60,000, CIFAR-10's 50,000), before ``--limit``
+HALF_SPLITS = {"fashion-mnist-subset": 2_000, "fashion-mnist": 30_000, "cifar10": 25_000}
+
+
+def run_regime(run_dir: Any) -> list[dict[str, Any]]:
+    """The regime quantities of every epoch of a finished or partial search, recomputed from
+    its run directory (``config.json``, ``history.json``, ``metrics.jsonl``), so runs made
+    before they were recorded can be read too. Vadam's ``N s`` comes from the recorded
+    sigma (``sigma = 1 / sqrt(N s + lambda)``; from a float32 sigma exact to about 1e-6
+    lambda). Needs a dataset of :data:`HALF_SPLITS`."""
+    from .config import config_from_dict
+    from .errors import UserError
+    from .runs import RunDir
+
+    run = RunDir(run_dir)
+    if not (run.path / "config.json").is_file():
+        raise UserError(f"no run directory at {run.path} (config.json missing); pass run folders")
+    cfg = config_from_dict(run.read_json("config.json"), where=str(run.path / "config.json"))
+    if cfg.data.dataset not in HALF_SPLITS:
+        raise UserError(f"{run.path}: the regime of a {cfg.data.dataset} search needs its split "
+                        f"sizes; use a run on {', '.join(HALF_SPLITS)}")
+    size = min(HALF_SPLITS[cfg.data.dataset], cfg.data.limit or HALF_SPLITS[cfg.data.dataset])
+    steps_per_epoch = size // cfg.data.batch_size
+    s = cfg.search
+    lam, n = s.prior_precision, s.num_data or size
+    metrics = {m["epoch"]: m for m in run.read_metrics()}
+    out = []
+    for h in run.read_json("history.json")["epochs"]:
+        mu = torch.tensor(h["mu"], dtype=torch.float64)
+        sigma = None if h["sigma"] is None else torch.tensor(h["sigma"], dtype=torch.float64)
+        ns = None if sigma is None else sigma.pow(-2) - lam  # N s, per alpha
+        m = metrics.get(h["epoch"], {})
+        r = epoch_regime(mu=mu, sigma=sigma, a_lr=s.a_lr, arch_steps=h["epoch"] * steps_per_epoch,
+                         beta2=s.a_betas[1], num_data=1 if ns is not None else None,
+                         prior_precision=lam, exp_avg_sq=ns,
+                         train_acc=m.get("train_acc", float("nan")),
+                         valid_acc=m.get("valid_acc", float("nan")), seed=cfg.seed + h["epoch"])
+        out.append({"epoch": h["epoch"], "num_data": n, **r})
+    return out

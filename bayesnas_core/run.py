@@ -347,6 +347,27 @@ def _cmd_train(argv: Sequence[str]) -> int:
     return 0
 
 
+REGIME_COLUMNS = ("alpha_travel_bound", "mu_range", "s_warmup", "ns_over_lambda",
+                  "mu_spread_over_sigma", "draw_matches_argmax", "train_valid_gap")
+
+
+def _cmd_regime(argv: Sequence[str]) -> int:
+    from .regime import run_regime
+
+    p = _Parser(prog="python -m bayesnas_core.run regime",
+                description="The regime quantities (bayesnas_core/regime.py) of runs at their last "
+                "epoch, recomputed from their run directories, side by side.")
+    p.add_argument("runs", nargs="+", help="run directories")
+    args = p.parse_args(argv)
+    print("| run | epoch | " + " | ".join(REGIME_COLUMNS) + " |")
+    print("|---|---|" + "---|" * len(REGIME_COLUMNS))
+    for d in args.runs:
+        last = run_regime(d)[-1]
+        cells = ["-" if last[c] is None else f"{last[c]:.3g}" for c in REGIME_COLUMNS]
+        print(f"| {Path(d).name} | {last['epoch']} | " + " | ".join(cells) + " |")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "search": _cmd_search,
     "lookup": _cmd_lookup,
@@ -354,6 +375,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "ablation-mc": _cmd_ablation_mc,
     "ablation-tf": _cmd_ablation_tf,
     "proxies": _cmd_proxies,
+    "regime": _cmd_regime,
     "train": _cmd_train,
 }
 
@@ -365,6 +387,7 @@ SUMMARIES = {
     "ablation-mc": "the seed's Table 5: BaLeNAS for each M and seed, with Random and DARTS",
     "ablation-tf": "the seed's Table 4: BaLeNAS-TF with each proxy and sample size K",
     "proxies": "rank correlation of SynFlow, SNIP and GraSP with NAS-Bench-201 accuracy",
+    "regime": "the regime quantities of runs (how far alpha moved, N s / lambda, ...) side by side",
     "train": "train one NB201 cell's stand-alone network from scratch (recipes: cpu, nb201)",
 }
 

@@ -232,7 +232,7 @@ class RunDir:
         p = self.path / name
         try:
             return json.loads(p.read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise UserError(f"{p} is missing; the run directory is incomplete") from None
         except json.JSONDecodeError:
             raise UserError(f"{p} is not valid JSON; the run directory is corrupt") from None

@@ -185,7 +185,8 @@ def test_top_level_help_lists_every_command() -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == ""
     listed = [ln.split()[0] for ln in proc.stdout.splitlines() if ln.startswith("  ")]
-    assert listed == ["search", "lookup", "export", "ablation-mc", "ablation-tf", "proxies", "train"]
+    assert listed == ["search", "lookup", "export", "ablation-mc", "ablation-tf", "proxies", "regime",
+                      "train"]
     assert "COMMAND --help" in proc.stdout
 
 

@@ -68,3 +68,27 @@ def test_a_search_records_its_regime(tmp_path, method) -> None:
     n = cfg.search.num_data or len(make_tiny_data().valid)
     assert last["ns_over_lambda"] == pytest.approx(float((n * s.double()).mean()) / cfg.search.prior_precision)
     assert 0.0 < last["draw_matches_argmax"] <= 1.0
+
+
+def test_run_regime_recomputes_what_the_run_recorded(tmp_path, capsys) -> None:
+    """From config, history and metrics alone (as for runs made before the quantities were
+    recorded): equal to the per-epoch records, N s from the recorded sigma."""
+    from bayesnas_core.regime import run_regime
+    from bayesnas_core.run import REGIME_COLUMNS, main
+
+    assert main(["--preset", "lesson", "--epochs", "2", "--limit", "128", "--channels", "4",
+                 "--no-progress", "--out", str(tmp_path)]) == 0
+    (run,) = list(tmp_path.iterdir())
+    recorded = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    again = run_regime(run)
+    assert [r["epoch"] for r in again] == [1, 2]
+    for rec, r in zip(recorded, again):
+        for key in REGIME_COLUMNS:
+            # N s / lambda from a float32 sigma: 1/sigma^2 - lambda is exact to ~1e-6 lambda
+            tol = 1e-6 if key == "ns_over_lambda" else 1e-9
+            assert r[key] == pytest.approx(rec[key], rel=1e-4, abs=tol), key
+    capsys.readouterr()
+    assert main(["regime", str(run)]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith(f"| {run.name} | 2 | ") and row.count("|") == len(REGIME_COLUMNS) + 3
+    assert main(["regime", str(run / "config.json")]) == 2  # not a run folder: one line
