@@ -53,7 +53,12 @@ def lab(tmp_path_factory):
     runs = tmp_path_factory.mktemp("browser-runs")
     root = tmp_path_factory.mktemp("browser-root")  # a copy: JupyterLab autosaves what it opens
     shutil.copytree(REPO / "lessons", root / "lessons")
+    # the lab extensions (ipywidgets' front end) sit under the interpreter's share/jupyter;
+    # in a virtual environment that sees its base's packages, that is the base's
+    data = [str(Path(p) / "share" / "jupyter") for p in dict.fromkeys((sys.prefix, sys.base_prefix))]
+    jupyter_path = os.pathsep.join([*data, os.environ.get("JUPYTER_PATH", "")]).rstrip(os.pathsep)
     env = {**os.environ, "BAYESNAS_RUNS": str(runs), "JUPYTER_CONFIG_DIR": str(runs / "cfg"),
+           "JUPYTER_PATH": jupyter_path,
            "JUPYTERLAB_SETTINGS_DIR": str(runs / "settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(runs / "workspaces")}
     log = open(runs / "lab.log", "w")
