@@ -362,10 +362,16 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 
 def get_preset(name: str) -> RunConfig:
     """A fresh copy of the named preset; an unknown name raises :class:`UserError`."""
+    return _from_table(PRESETS, name, "preset")
+
+
+def _from_table(table: dict[str, Callable[[], Any]], name: str, what: str) -> Any:
+    """A fresh config from a name -> factory table; an unknown name is a one-line
+    :class:`UserError` naming ``--{what}`` and the choices."""
     try:
-        return PRESETS[name]()
+        return table[name]()
     except KeyError:
-        raise UserError(f"unknown preset {name!r}; use --preset one of {', '.join(PRESETS)}") from None
+        raise UserError(f"unknown {what} {name!r}; use --{what} one of {', '.join(table)}") from None
 
 
 def config_from_dict(d: Any, *, where: str = "the configuration") -> RunConfig:
@@ -434,7 +440,11 @@ RESUMABLE_CHANGES = ("device", "out", "data.download")
 def config_differences(a: RunConfig, b: RunConfig) -> list[str]:
     """The dotted names of the fields in which ``a`` and ``b`` differ, leaving out
     :data:`RESUMABLE_CHANGES` and the speed-only search fields."""
-    skip = set(RESUMABLE_CHANGES) | {f"search.{k}" for k in SPEED_ONLY_FIELDS}
+    return _differences(a, b, {*RESUMABLE_CHANGES, *(f"search.{k}" for k in SPEED_ONLY_FIELDS)})
+
+
+def _differences(a: Any, b: Any, skip: set[str] | tuple[str, ...]) -> list[str]:
+    """The dotted names of the fields in which two config dataclasses differ, but ``skip``."""
     fa, fb = _flatten(asdict(a)), _flatten(asdict(b))
     return sorted(k for k in fa.keys() | fb.keys() if k not in skip and fa.get(k) != fb.get(k))
 
@@ -612,10 +622,7 @@ TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
 
 def get_train_preset(name: str) -> TrainConfig:
     """A fresh copy of the named training recipe; an unknown name raises :class:`UserError`."""
-    try:
-        return TRAIN_PRESETS[name]()
-    except KeyError:
-        raise UserError(f"unknown recipe {name!r}; use --recipe one of {', '.join(TRAIN_PRESETS)}") from None
+    return _from_table(TRAIN_PRESETS, name, "recipe")
 
 
 def train_config_from_dict(d: Any, *, where: str = "the configuration") -> TrainConfig:
@@ -632,9 +639,7 @@ TRAIN_RESUMABLE_CHANGES = ("device", "out", "download")
 
 def train_config_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
     """The fields in which ``a`` and ``b`` differ, leaving out :data:`TRAIN_RESUMABLE_CHANGES`."""
-    fa, fb = asdict(a), asdict(b)
-    return sorted(k for k in fa.keys() | fb.keys()
-                  if k not in TRAIN_RESUMABLE_CHANGES and fa.get(k) != fb.get(k))
+    return _differences(a, b, TRAIN_RESUMABLE_CHANGES)
 
 
 __all__ += ["TrainConfig", "TRAIN_FLAGS", "TRAIN_PRESETS", "get_train_preset", "train_config_from_dict",

@@ -112,18 +112,22 @@ def _progress(args: argparse.Namespace) -> Any:
     return lambda line: print(line, flush=True)
 
 
-def _print_result(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
+def _format_record(rec: dict[str, Any]) -> str:
+    """The lines of a ground-truth record (``experiments.ground_truth_record``)."""
     from .benchmarks import GroundTruth, format_ground_truth
 
+    return format_ground_truth(GroundTruth(arch_str=rec["arch"], index=rec["index"],
+                                           metrics=rec["metrics"], source=rec["source"]))
+
+
+def _print_result(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
     sel = result["selection"]
     out("")
     out(f"selected cell ({sel['method']}): {result['arch']}")
     if sel["method"] != "argmax":
         out(f"argmax(mu) cell:        {sel['argmax']['arch']}")
     rec = result["ground_truth"]
-    gt = GroundTruth(arch_str=rec["arch"], index=rec["index"], metrics=rec["metrics"],
-                     source=rec["source"])
-    out(format_ground_truth(gt))
+    out(_format_record(rec))
     if rec["hint"]:
         out(f"  ({rec['hint']})")
     if result.get("context"):
@@ -299,7 +303,6 @@ def _cmd_train(argv: Sequence[str]) -> int:
     from dataclasses import fields
     from typing import get_type_hints
 
-    from .benchmarks import GroundTruth, format_ground_truth
     from .config import TRAIN_FLAGS, TRAIN_PRESETS, TrainConfig, get_train_preset
     from .train import run_train
 
@@ -341,8 +344,7 @@ def _cmd_train(argv: Sequence[str]) -> int:
     if result["ground_truth_metric"] is None:
         print(f"  (NAS-Bench-201 has no {result['dataset']} numbers; its ground truth below is "
               "for reference only)")
-    print(format_ground_truth(GroundTruth(arch_str=rec["arch"], index=rec["index"],
-                                          metrics=rec["metrics"], source=rec["source"])))
+    print(_format_record(rec))
     print(f"run directory: {result['run_dir']}  (wall time {result['wall_time_s']:.1f} s)")
     return 0
 
