@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["epoch_regime", "planned_regime", "draw_matches_argmax", "DRAWS"]
+__all__ = ["epoch_regime", "planned_regime", "planned_regime_of", "draw_matches_argmax", "DRAWS",
+           "PAPER", "matched_arch_settings", "search_split_size"]
 
 #: Monte-Carlo draws per edge for :func:`draw_matches_argmax`
 DRAWS = 4000
@@ -79,10 +80,67 @@ def planned_regime(*, epochs: int, train_size: int, batch_size: int, a_lr: float
             "s_warmup": 1.0 - beta2 ** steps}
 
 
+#: The paper's NB201 search (METHOD.md section 4: 50 epochs of 25,000 / 64 = 390 steps,
+#: arch lr 3e-4, Vadam beta2 0.999, N = 25,000): the quantities the CPU presets keep
+PAPER = {
+    "arch_steps": 50 * (25_000 // 64),
+    "alpha_travel_bound": 3e-4 * 50 * (25_000 // 64),  # 5.85
+    "s_windows": 50 * (25_000 // 64) * (1 - 0.999),  # 19.5 averaging windows of s
+    "num_data": 25_000,
+}
+
+
+def matched_arch_settings(arch_steps: int) -> dict[str, float | int]:
+    """The matching rule of the CPU presets, fixed before any of their runs: for a search
+    of ``arch_steps`` architecture steps, the arch lr, Vadam/Adam beta2 and Vadam's N that
+    keep the paper's values of
+
+    - alpha's possible travel ``a_lr x steps`` (5.85): ``a_lr = 5.85 / steps``;
+    - the number of averaging windows of ``s``, ``steps x (1 - beta2)`` (19.5), so that
+      ``s`` is as warmed up, and as much a moving average, as in the paper's search:
+      ``beta2 = 1 - 19.5 / steps``;
+    - the likelihood's weight ``N`` in ``N s / lambda`` (25,000), with the paper's prior.
+
+    Everything else (weight optimizer, batch size, Monte-Carlo samples) stays at the
+    paper's values; what the rule cannot set (the spread of mu over sigma, the draws'
+    agreement with argmax, the supernet's train-valid gap) is measured per epoch."""
+    if arch_steps < PAPER["s_windows"] * 2:
+        raise ValueError(f"{arch_steps} architecture steps are too few to match the paper's "
+                         f"{PAPER['s_windows']:g} averaging windows of s")
+    return {"a_lr": PAPER["alpha_travel_bound"] / arch_steps,
+            "beta2": 1.0 - PAPER["s_windows"] / arch_steps,
+            "num_data": PAPER["num_data"]}
+
+
 #: Images in each search split (train = valid) of the datasets whose split is the
 #: training set cut in half (bayesnas_core.data: the shipped subset's 4,000 training
 #: images, Fashion-MNIST's 60,000, CIFAR-10's 50,000), before ``--limit``
 HALF_SPLITS = {"fashion-mnist-subset": 2_000, "fashion-mnist": 30_000, "cifar10": 25_000}
+
+
+def search_split_size(cfg: Any) -> int:
+    """Images in the search-train split of a :class:`~bayesnas_core.config.RunConfig`
+    (a dataset of :data:`HALF_SPLITS`, after ``limit``)."""
+    from .errors import UserError
+
+    if cfg.data.dataset not in HALF_SPLITS:
+        raise UserError(f"the split size of {cfg.data.dataset} is not known here; use one of "
+                        f"{', '.join(HALF_SPLITS)}")
+    full = HALF_SPLITS[cfg.data.dataset]
+    return min(full, cfg.data.limit or full)
+
+
+def planned_regime_of(cfg: Any) -> dict[str, float]:
+    """:func:`planned_regime` of a configuration, plus ``s_windows`` (steps x (1 - beta2))
+    and Vadam's ``num_data`` (N; the valid split's size when the config leaves it unset)."""
+    size = search_split_size(cfg)
+    s = cfg.search
+    out: dict[str, float] = planned_regime(epochs=s.epochs, train_size=size,
+                                           batch_size=cfg.data.batch_size, a_lr=s.a_lr,
+                                           beta2=s.a_betas[1])
+    out["s_windows"] = out["arch_steps"] * (1.0 - s.a_betas[1])
+    out["num_data"] = s.num_data or size
+    return out
 
 
 def run_regime(run_dir: Any) -> list[dict[str, Any]]:
@@ -102,7 +160,7 @@ def run_regime(run_dir: Any) -> list[dict[str, Any]]:
     if cfg.data.dataset not in HALF_SPLITS:
         raise UserError(f"{run.path}: the regime of a {cfg.data.dataset} search needs its split "
                         f"sizes; use a run on {', '.join(HALF_SPLITS)}")
-    size = min(HALF_SPLITS[cfg.data.dataset], cfg.data.limit or HALF_SPLITS[cfg.data.dataset])
+    size = search_split_size(cfg)
     steps_per_epoch = size // cfg.data.batch_size
     s = cfg.search
     lam, n = s.prior_precision, s.num_data or size

@@ -299,42 +299,64 @@ def _cmd_export(argv: Sequence[str]) -> int:
     return 0
 
 
-def _cmd_train(argv: Sequence[str]) -> int:
+def _add_train_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """``--recipe`` and one option per :class:`~bayesnas_core.config.TrainConfig` field
+    (but ``skip``), generated from the dataclass and :data:`~bayesnas_core.config.TRAIN_FLAGS`."""
     from dataclasses import fields
     from typing import get_type_hints
 
     from .config import TRAIN_FLAGS, TRAIN_PRESETS, TrainConfig, get_train_preset
+
+    p.add_argument("--recipe", default="cpu", help=f"one of: {', '.join(TRAIN_PRESETS)} (default: cpu)")
+    shown = get_train_preset("cpu")
+    hints = get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        if f.name == "recipe" or f.name in skip:
+            continue
+        flag, text = TRAIN_FLAGS[f.name]
+        value = getattr(shown, f.name)
+        text = text if f.name == "arch" else f"{text} [cpu recipe: {'-' if value is None else value}]"
+        _add_typed_option(p, flag, f.name, hints[f.name], text)
+
+
+def _given_train_fields(args: argparse.Namespace) -> dict[str, Any]:
+    from dataclasses import fields
+
+    from .config import TrainConfig
+
+    return {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+            if f.name != "recipe" and getattr(args, f.name, None) is not None}
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    """The recipe, then the training flags that were given."""
+    from .config import get_train_preset
+
+    cfg = get_train_preset(args.recipe)
+    for name, value in _given_train_fields(args).items():
+        setattr(cfg, name, value)
+    return cfg
+
+
+def _cmd_train(argv: Sequence[str]) -> int:
     from .train import run_train
 
     p = _Parser(prog="python -m bayesnas_core.run train",
                 description="Train one NB201 cell's stand-alone network from scratch and test it "
                 "after every epoch (recipes: cpu, a 2-core CPU in under 2 minutes; nb201, "
                 "NAS-Bench-201's 200-epoch CIFAR-10 recipe for a GPU).")
-    p.add_argument("--recipe", default="cpu", help=f"one of: {', '.join(TRAIN_PRESETS)} (default: cpu)")
-    shown = get_train_preset("cpu")
-    hints = get_type_hints(TrainConfig)
-    for f in fields(TrainConfig):
-        if f.name == "recipe":
-            continue
-        flag, text = TRAIN_FLAGS[f.name]
-        value = getattr(shown, f.name)
-        text = text if f.name == "arch" else f"{text} [cpu recipe: {'-' if value is None else value}]"
-        _add_typed_option(p, flag, f.name, hints[f.name], text)
+    _add_train_flags(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted training run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
     args = p.parse_args(argv)
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-             if f.name != "recipe" and getattr(args, f.name, None) is not None}
+    given = _given_train_fields(args)
     if args.resume:
         if set(given) - {"device"} or args.recipe != "cpu":
             raise UserError("--resume continues with the run's stored settings; drop the other "
                             "options (only --device and --no-progress may change)")
         result = run_train(resume=args.resume, progress=_progress(args), device=given.get("device"))
     else:
-        cfg = get_train_preset(args.recipe)
-        for name, value in given.items():
-            setattr(cfg, name, value)
-        result = run_train(cfg.validate(), progress=_progress(args))
+        result = run_train(_train_config(args).validate(), progress=_progress(args))
     rec = result["ground_truth"]
     print("")
     print(f"trained cell {result['index']} {result['arch']} ({result['recipe']} recipe, "
@@ -346,6 +368,51 @@ def _cmd_train(argv: Sequence[str]) -> int:
               "for reference only)")
     print(_format_record(rec))
     print(f"run directory: {result['run_dir']}  (wall time {result['wall_time_s']:.1f} s)")
+    return 0
+
+
+def _cmd_reference(argv: Sequence[str]) -> int:
+    from .evaluation import fmnist_reference
+
+    p = _Parser(prog="python -m bayesnas_core.run reference",
+                description="The Fashion-MNIST reference: train a seeded, stratified sample of NB201 "
+                "cells (plus all-skip, the best CIFAR-10 cell and the cells exported searches "
+                "picked) with a training recipe; Spearman with NB201's CIFAR-10 test accuracy.")
+    _add_train_flags(p, skip=("arch", "seed", "out"))
+    p.add_argument("--sample-cells", type=int, default=30, help="cells in the stratified sample (default 30)")
+    p.add_argument("--sample-seed", type=int, default=0, help="the seed of the sample (default 0)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of every cell")
+    p.add_argument("--include", nargs="*", default=[], metavar="STUDY",
+                   help="exported study folders whose final cells are trained too")
+    p.add_argument("--include-seeds", type=int, nargs="+", default=None,
+                   help="training seeds of the included cells (default: --seeds)")
+    p.add_argument("--results", default="runs/fmnist-reference", help="folder for the outputs (md + json)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
+    args = p.parse_args(argv)
+    cfg = _train_config(args)
+    cfg.arch = "0"  # the cells are checked one by one; this checks the recipe's other fields
+    cfg.validate()
+    _check_at_least(0, "--seeds", args.seeds + (args.include_seeds or []))
+    return _run_study("reference", "reference.md", args, argv, fmnist_reference, cfg,
+                      cells=args.sample_cells, sample_seed=args.sample_seed, seeds=args.seeds,
+                      include=args.include, include_seeds=args.include_seeds,
+                      log=lambda line: print(line, flush=True))
+
+
+def _cmd_compare(argv: Sequence[str]) -> int:
+    from .evaluation import compare_methods
+
+    p = _Parser(prog="python -m bayesnas_core.run compare",
+                description="Compare the methods of an exported study on the same seeds (mean ± std, "
+                "paired differences against a baseline, sign test); writes comparison.md/json "
+                "into the study folder.")
+    p.add_argument("study", help="an exported study folder (with summary.json)")
+    p.add_argument("--reference", help="a `reference` results folder: trained Fashion-MNIST accuracy")
+    p.add_argument("--baseline", default="darts (order 1)", help="the method the others are paired with")
+    args = p.parse_args(argv)
+    compare_methods(args.study, reference=args.reference, baseline=args.baseline,
+                    command=_command_line("compare", argv))
+    print(Path(args.study, "comparison.md").read_text())
     return 0
 
 
@@ -379,6 +446,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "proxies": _cmd_proxies,
     "regime": _cmd_regime,
     "train": _cmd_train,
+    "reference": _cmd_reference,
+    "compare": _cmd_compare,
 }
 
 #: one line per command for the top-level help
@@ -391,6 +460,8 @@ SUMMARIES = {
     "proxies": "rank correlation of SynFlow, SNIP and GraSP with NAS-Bench-201 accuracy",
     "regime": "the regime quantities of runs (how far alpha moved, N s / lambda, ...) side by side",
     "train": "train one NB201 cell's stand-alone network from scratch (recipes: cpu, nb201)",
+    "reference": "the Fashion-MNIST reference: a stratified sample of cells trained, vs CIFAR-10",
+    "compare": "the methods of an exported study on the same seeds, with paired differences",
 }
 
 
