@@ -72,7 +72,7 @@ def fmnist_reference(recipe: TrainConfig, *, cells: int, sample_seed: int, seeds
 
     Every (cell, training seed) is one unit of the ledger ``reference.ledger.json``: an
     interrupted reference resumes with the next unfinished cell. Training runs go to
-    ``results_dir/runs``.
+    ``recipe.out`` (``--out``).
     """
     from .benchmarks import open_benchmark
     from .data import load_search_data
@@ -88,7 +88,7 @@ def fmnist_reference(recipe: TrainConfig, *, cells: int, sample_seed: int, seeds
     best = bench.best(METRIC).arch_str
     extra = [a for a in (ALL_SKIP, best) if a not in sample]
     base = copy.deepcopy(recipe)
-    base.arch, base.seed, base.out = "", 0, str(results_dir / "runs")
+    base.arch, base.seed = "", 0
     meta = {"recipe": to_dict(base) | {"out": None}, "cells": cells, "sample_seed": sample_seed,
             "metric": METRIC}
     ledger = _Ledger(results_dir / "reference.ledger.json", meta)

@@ -378,7 +378,7 @@ def _cmd_reference(argv: Sequence[str]) -> int:
                 description="The Fashion-MNIST reference: train a seeded, stratified sample of NB201 "
                 "cells (plus all-skip, the best CIFAR-10 cell and the cells exported searches "
                 "picked) with a training recipe; Spearman with NB201's CIFAR-10 test accuracy.")
-    _add_train_flags(p, skip=("arch", "seed", "out"))
+    _add_train_flags(p, skip=("arch", "seed"))
     p.add_argument("--sample-cells", type=int, default=30, help="cells in the stratified sample (default 30)")
     p.add_argument("--sample-seed", type=int, default=0, help="the seed of the sample (default 0)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of every cell")
