@@ -27,7 +27,7 @@ plain path.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ from torch import Tensor
 from .optim import Vadam
 from .spaces import NB201Supernet
 
-__all__ = ["StepEngine", "STAT_NAMES", "engine_supported"]
+__all__ = ["StepEngine", "STAT_NAMES", "engine_supported", "register_accelerator", "build_accelerator"]
 
 #: what :meth:`StepEngine.epoch_stats` averages, in order
 STAT_NAMES = ("train_loss", "train_acc", "valid_loss", "valid_acc")
@@ -222,7 +222,7 @@ class StepEngine:
         model.train()
         # ---- weight step: SGD (nesterov) on the train batch at alpha (or mu)
         with torch.enable_grad():
-            logits = model(b["tx"], alpha.detach())
+            logits = model(b["tx"], F.softmax(alpha.detach(), dim=-1))
             loss = F.cross_entropy(logits, b["ty"])
             grads = list(torch.autograd.grad(loss, self.weights))
         with torch.no_grad():
@@ -267,7 +267,7 @@ class StepEngine:
         b, alpha, g = self._static, self.alpha, self.a_opt.param_groups[0]
         with torch.enable_grad(), self._weights_constant():
             a = alpha.detach().requires_grad_(True)
-            logits = self.model(b["vx"], a)
+            logits = self.model(b["vx"], F.softmax(a, dim=-1))
             loss = F.cross_entropy(logits, b["vy"])
             (grad,) = torch.autograd.grad(loss, a)
         with torch.no_grad():
@@ -292,7 +292,7 @@ class StepEngine:
             samples = alpha.detach() + sigma * b["eps"]
         with torch.enable_grad(), self._weights_constant():
             a = samples.requires_grad_(True)
-            logits = self.model(b["vx"], a)  # [M, B, K]
+            logits = self.model(b["vx"], F.softmax(a, dim=-1))  # [M, B, K]
             B = logits.shape[1]
             losses = F.cross_entropy(logits.reshape(M * B, -1), b["vy"].repeat(M), reduction="none")
             losses = losses.view(M, B).mean(1)
@@ -314,3 +314,42 @@ def engine_supported(order: int, fused_cell: bool, batched_mc: bool) -> bool:
     """Whether a search with these settings runs on :class:`StepEngine` (the fast path)."""
     return order == 1 and fused_cell and batched_mc
 
+
+
+# ---------------------------------------------------------------------------------
+# accelerators: a faster step per (space, method); the plain loop is the fallback
+# ---------------------------------------------------------------------------------
+_ACCELERATORS: dict[tuple[str, str], Callable[..., Any]] = {}
+
+
+def register_accelerator(space: str, method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``@register_accelerator("nb201", "darts")`` on a builder ``(cfg, model, w_opt, dist)
+    -> engine or None`` (None: this configuration runs on the plain loop); a duplicate
+    pair raises. An engine has ``step(train_batch, val_batch)``, ``last_finite()``,
+    ``epoch_stats()`` and ``sync_state()`` (see :class:`StepEngine`)."""
+    def add(builder: Callable[..., Any]) -> Callable[..., Any]:
+        if (space, method) in _ACCELERATORS:
+            raise ValueError(f"an accelerator for {space}/{method} is registered twice")
+        _ACCELERATORS[(space, method)] = builder
+        return builder
+
+    return add
+
+
+def build_accelerator(cfg: Any, space: str, model: Any, w_opt: torch.optim.Optimizer, dist: Any) -> Any:
+    """The registered accelerator of ``space`` and ``cfg.search.method`` for this
+    configuration, or None: then the search runs the plain loop."""
+    builder = _ACCELERATORS.get((space, cfg.search.method))
+    return None if builder is None else builder(cfg, model, w_opt, dist)
+
+
+def _nb201_engine(cfg: Any, model: Any, w_opt: torch.optim.Optimizer, dist: Any) -> StepEngine | None:
+    s = cfg.search
+    if not engine_supported(s.order, s.fused_cell, s.batched_mc):
+        return None
+    return StepEngine(model, w_opt, dist.optimizer, grad_clip=s.grad_clip,
+                      cuda_graph=s.cuda_graph and torch.device(cfg.device).type == "cuda")
+
+
+register_accelerator("nb201", "darts")(_nb201_engine)
+register_accelerator("nb201", "balenas")(_nb201_engine)

@@ -26,9 +26,9 @@ from .config import SPEED_ONLY_FIELDS, RunConfig, config_from_dict, to_dict
 from .data import BatchIterator, SearchData, load_search_data
 from .errors import Interrupted, UserError
 from .runs import RunDir, atomic_write_bytes, atomic_write_json, environment_info
-from .search import SearchResult, check_resumable, search, search_batches
-from .select import select_tf
-from .spaces import EDGES, Arch
+from .search import SearchResult, _listed, check_resumable, search, search_batches
+from .select import select_tf, select_tf_space
+from .spaces import EDGES, Arch, get_space
 
 __all__ = [
     "load_data",
@@ -70,14 +70,64 @@ def proxy_batch(data: SearchData, batch_size: int) -> tuple[Tensor, Tensor]:
 
 def ground_truth_record(gt: GroundTruth) -> dict[str, Any]:
     """A JSON-ready record of a ground-truth lookup (missing metrics stay null)."""
+    if gt.index is None:  # not an NB201 cell (NAS-Bench-101 via the nb1shot1-3 space)
+        return {"arch": gt.arch_str, "index": None, "source": gt.source,
+                "metrics": dict(gt.metrics), "missing": [], "hint": None}
     return {"arch": gt.arch_str, "index": gt.index, "source": gt.source,
             "metrics": dict(gt.metrics), "missing": gt.missing(), "hint": missing_hint(gt)}
+
+
+class _NB101Truth:
+    """NAS-Bench-101's 108-epoch results for genotypes of a space whose cells are NB101
+    graphs (``genotype.spec``): CIFAR-10 train / valid / test accuracy (%), the mean of
+    the benchmark's repeats."""
+
+    EPOCHS = 108
+
+    def __init__(self, table: Any, path: str, space: Any) -> None:
+        self.table, self.path, self.space = table, path, space
+
+    def query(self, arch: Any) -> GroundTruth:
+        g = self.space.parse(arch) if isinstance(arch, str) else arch
+        rec = self.table.query(*g.spec)
+        r = rec.at(self.EPOCHS)
+        return GroundTruth(arch_str=self.space.format(g), index=None,
+                           metrics={"nb101_train": 100 * r.train, "nb101_valid": 100 * r.valid,
+                                    "nb101_test": 100 * r.test},
+                           source=f"{Path(self.path).name}, {self.EPOCHS} epochs, mean of "
+                                  f"{r.repeats} repeats, hash {rec.hash}")
 
 
 def select_from_result(cfg: RunConfig, result: SearchResult, data: SearchData,
                        bench: Any, *, progress: Progress = True) -> dict[str, Any]:
     """Apply ``cfg.select`` to a finished search; returns a JSON-ready record."""
     sel = cfg.select
+    if cfg.space.name != "nb201":  # the genotype; ground truth where a benchmark was given
+        space = get_space(cfg.space.name)
+        gt = None if bench is None else ground_truth_record(bench.query(result.arch))
+        out = {"method": sel.method, "argmax": gt, "argmax_arch": space.format(result.arch),
+               "arch": space.format(result.arch), "ground_truth": gt}
+        if sel.method == "argmax":
+            return out
+        from tqdm.auto import tqdm
+
+        from .search import named_arch
+
+        tf = select_tf_space(space, named_arch(space, result.mu),
+                             None if result.sigma is None else named_arch(space, result.sigma),
+                             proxy=sel.method, samples=sel.samples, num_classes=data.num_classes,
+                             in_channels=data.in_channels, image_size=data.image_size,
+                             batch=proxy_batch(data, cfg.data.batch_size), C=sel.C, N=sel.N,
+                             generator=torch.Generator().manual_seed(cfg.seed + TF_SEED_OFFSET),
+                             device=cfg.device, init_seed=cfg.seed,
+                             progress=lambda xs: tqdm(xs, desc=f"{sel.method} scoring", leave=False,
+                                                      disable=progress is not True))
+        out.update(arch=space.format(tf.best), samples=sel.samples,
+                   ground_truth=None if bench is None else ground_truth_record(bench.query(tf.best)),
+                   draws=[space.format(g) for g in tf.draws],
+                   candidates=[{"arch": space.format(c.arch), "score": c.score, "log10": c.log10}
+                               for c in tf.candidates])
+        return out
     argmax_gt = ground_truth_record(bench.query(str(result.arch)))
     out: dict[str, Any] = {"method": sel.method, "argmax": argmax_gt}
     if sel.method == "argmax":
@@ -226,7 +276,15 @@ def _run_search(cfg: RunConfig | None, *, resume: str | Path | None, progress: P
         cfg.validate()
         run = None
     t_start = time.perf_counter()
-    bench = bench if bench is not None else open_benchmark(cfg.nb201_file)
+    space = get_space(cfg.space.name)
+    if getattr(space, "benchmark", None) == "nb201":
+        bench = bench if bench is not None else open_benchmark(cfg.nb201_file)
+    elif getattr(space, "benchmark", None) == "nb101" and cfg.nb101_file:
+        from .benchmarks.nb101 import NB101Table
+
+        bench = _NB101Truth(NB101Table.load(cfg.nb101_file), cfg.nb101_file, space)
+    else:
+        bench = None  # no ground truth to look up in this space (or no file given)
     data = data if data is not None else load_data(cfg)
     data_load_s = time.perf_counter() - t_start
     search_batches(cfg, data)  # a split smaller than a batch: one line, before any folder
@@ -236,8 +294,10 @@ def _run_search(cfg: RunConfig | None, *, resume: str | Path | None, progress: P
     log(f"data: {data.name}, {len(data.train)} train / {len(data.valid)} valid images "
         f"({data.split_note})")
 
-    def on_epoch(model: Any, arch: Arch) -> dict[str, Any]:
-        gt = bench.query(str(arch))
+    def on_epoch(model: Any, arch: Any) -> dict[str, Any]:
+        if bench is None:
+            return {}
+        gt = bench.query(str(arch) if cfg.space.name == "nb201" else arch)
         return {f"gt_{k}": v for k, v in gt.metrics.items() if v is not None}
 
     try:
@@ -259,18 +319,31 @@ def _run_search(cfg: RunConfig | None, *, resume: str | Path | None, progress: P
         "arch": selection["arch"],
         "ground_truth": selection["ground_truth"],
         "selection": selection,
-        "mu": result.mu.tolist(),
-        "sigma": None if result.sigma is None else result.sigma.tolist(),
+        "space": cfg.space.name,
+        "mu": _listed(result.mu),
+        "sigma": None if result.sigma is None else _listed(result.sigma),
         "final_epoch": result.metrics[-1] if result.metrics else None,
         "wall_time_s": result.wall_time_s,  # the search epochs (all sessions of a resumed run)
         "data_load_s": data_load_s,  # this session: benchmark table + data onto the device
         "selection_s": selection_s,
         "session_wall_time_s": time.perf_counter() - t_start,  # load + search + selection
         "run_dir": str(run.path),
-        "context": result_context(bench, selection["arch"]),
+        "context": result_context(bench, selection["arch"]) if cfg.space.name == "nb201" else None,
     }
+    if cfg.space.name == "darts":  # the cells, drawn (matplotlib only), beside the result
+        _save_genotype_picture(run, get_space("darts").parse(selection["arch"]))
     run.write_json("result.json", record)
     return record
+
+
+def _save_genotype_picture(run: RunDir, genotype: Any) -> None:
+    import io
+
+    from .viz import draw_genotype
+
+    buf = io.BytesIO()
+    draw_genotype(genotype).savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(run.path / "genotype.png", buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------
@@ -819,6 +892,11 @@ def export_runs(run_dirs: list[str | Path], dest: str | Path) -> dict[str, Any]:
     return summary
 
 
+def _space_of(result: dict[str, Any]) -> Any:
+    """The search space a result.json was made in (runs older than the field: nb201)."""
+    return get_space(result.get("space", "nb201"))
+
+
 def _same_run(a: Path, b: Path) -> bool:
     """Whether two result.json files are the same run (a re-export of it)."""
     try:
@@ -839,8 +917,9 @@ def _export_row(run: RunDir) -> dict[str, Any]:
         return {
             "run": run.path.name, "method": result["method"], "order": result["order"],
             "mc_samples": result["mc_samples"], "seed": result["seed"], "preset": result["preset"],
-            "arch": result["arch"], "parameter_free_ops": Arch.parse(result["arch"]).num_parameter_free,
-            **{k: v for k, v in result["ground_truth"]["metrics"].items()},
+            "space": result.get("space", "nb201"), "arch": result["arch"],
+            "parameter_free_ops": _space_of(result).num_parameter_free(_space_of(result).parse(result["arch"])),
+            **{k: v for k, v in (result["ground_truth"] or {"metrics": {}})["metrics"].items()},
             "hessian_eig": last.get("hessian_eig"), "mu": result["mu"], "sigma": result["sigma"],
             "wall_time_s": result["wall_time_s"], "data_load_s": result.get("data_load_s"),
             "session_wall_time_s": result.get("session_wall_time_s"), "device": env.get("device"),

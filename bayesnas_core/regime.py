@@ -50,7 +50,14 @@ def epoch_regime(*, mu: Tensor, sigma: Tensor | None, a_lr: float, arch_steps: i
                  exp_avg_sq: Tensor | None, train_acc: float, valid_acc: float,
                  seed: int = 0) -> dict[str, Any]:
     """The regime quantities after ``arch_steps`` architecture steps (see the module
-    docstring); the Gaussian ones are None for a point estimate (DARTS)."""
+    docstring); the Gaussian ones are None for a point estimate (DARTS). ``mu``, ``sigma``
+    and ``exp_avg_sq`` may be dicts of named tensors (a space with several architecture
+    tensors): the rows of all of them count as the edges, tensors with another number of
+    choices are averaged row-weighted."""
+    if not isinstance(mu, Tensor):
+        return _named_regime(mu, sigma, exp_avg_sq, a_lr=a_lr, arch_steps=arch_steps, beta2=beta2,
+                             num_data=num_data, prior_precision=prior_precision,
+                             train_acc=train_acc, valid_acc=valid_acc, seed=seed)
     mu = mu.detach().double().cpu()
     out: dict[str, Any] = {
         "alpha_travel_bound": a_lr * arch_steps,
@@ -68,6 +75,29 @@ def epoch_regime(*, mu: Tensor, sigma: Tensor | None, a_lr: float, arch_steps: i
                                       / prior_precision)
     out["mu_spread_over_sigma"] = float(mu.std(-1, unbiased=False).mean() / sigma.mean())
     out["draw_matches_argmax"] = draw_matches_argmax(mu, sigma, seed=seed)
+    return out
+
+
+def _named_regime(mu: Any, sigma: Any, exp_avg_sq: Any, **kw: Any) -> dict[str, Any]:
+    groups: dict[int, list[str]] = {}
+    for name, t in mu.items():
+        groups.setdefault(t.shape[-1], []).append(name)
+
+    def rows(d: Any, names: list[str]) -> Tensor | None:
+        return None if d is None else torch.cat([d[n].reshape(-1, d[n].shape[-1]) for n in names])
+
+    parts = [(sum(mu[n].numel() // mu[n].shape[-1] for n in names),
+              epoch_regime(mu=rows(mu, names), sigma=rows(sigma, names), exp_avg_sq=rows(exp_avg_sq, names), **kw))
+             for names in groups.values()]
+    if len(parts) == 1:
+        return parts[0][1]
+    total = sum(n for n, _ in parts)
+    out = dict(parts[0][1])
+    every = torch.cat([t.detach().double().cpu().reshape(-1) for t in mu.values()])
+    out["mu_range"] = float(every.max() - every.min())
+    for key in ("ns_over_lambda", "mu_spread_over_sigma", "draw_matches_argmax"):
+        vals = [(n, r[key]) for n, r in parts]
+        out[key] = None if any(v is None for _, v in vals) else sum(n * v for n, v in vals) / total
     return out
 
 

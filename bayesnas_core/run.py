@@ -125,8 +125,22 @@ def _print_result(result: dict[str, Any], out: Callable[[str], None] = print) ->
     out("")
     out(f"selected cell ({sel['method']}): {result['arch']}")
     if sel["method"] != "argmax":
-        out(f"argmax(mu) cell:        {sel['argmax']['arch']}")
+        out(f"argmax(mu) cell:        {sel.get('argmax_arch') or sel['argmax']['arch']}")
     rec = result["ground_truth"]
+    space = result.get("space", "nb201")
+    if space != "nb201":
+        if rec is not None:
+            out(f"ground truth ({rec['source']}):")
+            for k, v in rec["metrics"].items():
+                out(f"  {k:<12} {v:.2f} %")
+        elif space == "nb1shot1-3":
+            out("  (no ground truth: pass --nb101-file nasbench_only108.tfrecord, NAS-Bench-101's data "
+                "file from github.com/google-research/nasbench, to look the cell up)")
+        else:
+            out(f"  (the {space} space has no tabular benchmark; train the genotype from scratch "
+                "with `python -m bayesnas_core.run train --genotype ...`)")
+        out(f"run directory: {result['run_dir']}  (wall time {result['wall_time_s']:.1f} s)")
+        return
     out(_format_record(rec))
     if rec["hint"]:
         out(f"  ({rec['hint']})")
@@ -307,16 +321,20 @@ def _add_train_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
 
     from .config import TRAIN_FLAGS, TRAIN_PRESETS, TrainConfig, get_train_preset
 
-    p.add_argument("--recipe", default="cpu", help=f"one of: {', '.join(TRAIN_PRESETS)} (default: cpu)")
+    p.add_argument("--recipe", default="cpu", help=f"one of: {', '.join(TRAIN_PRESETS)}; it also "
+                   "picks the search space (nb201 or darts) (default: cpu)")
     shown = get_train_preset("cpu")
     hints = get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
-        if f.name == "recipe" or f.name in skip:
+        if f.name in ("recipe", "space") or f.name in skip:  # the recipe sets both
             continue
         flag, text = TRAIN_FLAGS[f.name]
         value = getattr(shown, f.name)
-        text = text if f.name == "arch" else f"{text} [cpu recipe: {'-' if value is None else value}]"
-        _add_typed_option(p, flag, f.name, hints[f.name], text)
+        if f.name == "arch":  # --genotype: the same field, named as DARTS names it
+            p.add_argument(flag, "--genotype", dest="arch", default=None, metavar="ARCH", help=text)
+            continue
+        _add_typed_option(p, flag, f.name, hints[f.name],
+                          f"{text} [cpu recipe: {'-' if value is None else value}]")
 
 
 def _given_train_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -342,9 +360,12 @@ def _cmd_train(argv: Sequence[str]) -> int:
     from .train import run_train
 
     p = _Parser(prog="python -m bayesnas_core.run train",
-                description="Train one NB201 cell's stand-alone network from scratch and test it "
-                "after every epoch (recipes: cpu, a 2-core CPU in under 2 minutes; nb201, "
-                "NAS-Bench-201's 200-epoch CIFAR-10 recipe for a GPU).")
+                description="Train one cell's stand-alone network from scratch and test it after "
+                "every epoch: an NB201 cell (--arch; recipes: cpu, a 2-core CPU in under 2 "
+                "minutes; nb201, NAS-Bench-201's 200-epoch CIFAR-10 recipe for a GPU) or a DARTS "
+                "genotype (--genotype; recipes: darts-cpu, DARTS's evaluation network scaled to "
+                "a 2-core CPU; darts-cifar10-eval and darts-imagenet-eval, DARTS's own "
+                "evaluations for a GPU).")
     _add_train_flags(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted training run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
@@ -358,15 +379,24 @@ def _cmd_train(argv: Sequence[str]) -> int:
     else:
         result = run_train(_train_config(args).validate(), progress=_progress(args))
     rec = result["ground_truth"]
+    accuracy = (f"  test accuracy {result['final_test_acc']:.2f} % after the last epoch, best "
+                f"{result['best_test_acc']:.2f} % (epoch {result['best_epoch']})")
     print("")
-    print(f"trained cell {result['index']} {result['arch']} ({result['recipe']} recipe, "
-          f"{result['epochs']} epochs on {result['dataset']}, {result['params']:,} parameters)")
-    print(f"  test accuracy {result['final_test_acc']:.2f} % after the last epoch, best "
-          f"{result['best_test_acc']:.2f} % (epoch {result['best_epoch']})")
-    if result["ground_truth_metric"] is None:
-        print(f"  (NAS-Bench-201 has no {result['dataset']} numbers; its ground truth below is "
-              "for reference only)")
-    print(_format_record(rec))
+    if rec is None:  # a space without a tabular benchmark (DARTS)
+        space = {"darts": "DARTS"}.get(result.get("space", ""), result.get("space"))
+        print(f"trained {space} genotype {result['arch']}")
+        print(f"  ({result['recipe']} recipe, {result['epochs']} epochs on {result['dataset']}, "
+              f"{result['params'] / 1e6:.2f}M parameters without the auxiliary head)")
+        print(accuracy)
+        print(f"  (the {space} space has no tabular benchmark: there is no ground truth to compare with)")
+    else:
+        print(f"trained cell {result['index']} {result['arch']} ({result['recipe']} recipe, "
+              f"{result['epochs']} epochs on {result['dataset']}, {result['params']:,} parameters)")
+        print(accuracy)
+        if result["ground_truth_metric"] is None:
+            print(f"  (NAS-Bench-201 has no {result['dataset']} numbers; its ground truth below is "
+                  "for reference only)")
+        print(_format_record(rec))
     print(f"run directory: {result['run_dir']}  (wall time {result['wall_time_s']:.1f} s)")
     return 0
 

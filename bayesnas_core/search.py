@@ -33,12 +33,14 @@ from torch import Tensor, nn
 
 from .config import RunConfig, config_differences, config_from_dict, refuse_differences, to_dict
 from .data import BatchIterator, SearchData
-from .engine import StepEngine, engine_supported
+from .distributions import ArchDistribution, Gaussian, PointEstimate, build_distribution
+from .engine import build_accelerator
 from .errors import NonFiniteLossError, UserError
-from .optim import Vadam
+from .gradients import (ArchTensors, arch_gradient, arch_gradient_batched, detached, dominant_hessian_eigenvalue,
+                        hessian_vector_exact, hessian_vector_fd, leaves, like)
 from .regime import epoch_regime
 from .runs import RunDir, seed_everything
-from .spaces import EDGES, OP_NAMES, Arch, NB201Supernet
+from .spaces import SearchSpace, get_space
 
 __all__ = [
     "ArchUpdate",
@@ -52,6 +54,9 @@ __all__ = [
     "dominant_hessian_eigenvalue",
     "build_supernet",
     "build_arch_update",
+    "arch_parameters",
+    "named_arch",
+    "ArchLogits",
     "search_step",
     "search",
     "check_resumable",
@@ -59,7 +64,6 @@ __all__ = [
 ]
 
 Batch = tuple[Tensor, Tensor]
-EDGE_NAMES = [f"{i}<-{j}" for i, j in EDGES]
 
 
 # ---------------------------------------------------------------------------------
@@ -71,294 +75,75 @@ def _loss_acc(logits: Tensor, y: Tensor) -> tuple[Tensor, float]:
     return loss, acc
 
 
-def _train_loss_alpha_grad(model: NB201Supernet, alpha: Tensor, batch: Batch) -> Tensor:
-    a = alpha.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(batch[0], a), batch[1])
-    return torch.autograd.grad(loss, a)[0]
+#: the names under which the architecture updates were first published here
+ArchUpdate = ArchDistribution
+DartsUpdate = PointEstimate
+BalenasUpdate = Gaussian
 
 
-def _uncompiled(model: nn.Module) -> contextlib.AbstractContextManager:
-    """Cells without torch.compile (double backward goes through eager code)."""
-    return model.uncompiled() if hasattr(model, "uncompiled") else contextlib.nullcontext()
+def build_supernet(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The supernet of ``cfg.space`` on ``cfg.device`` / ``cfg.dtype`` (the fast-path
+    options go to spaces that declare them in ``supernet_options``)."""
+    space = get_space(cfg.space.name)
+    offered = {"fused": cfg.search.fused_cell,
+               "compile_cells": cfg.search.fused_cell and cfg.search.compile_cells,
+               "cell_impl": cfg.search.cell_impl}
+    options = {k: v for k, v in offered.items() if k in getattr(space, "supernet_options", ())}
+    return space.build_supernet(C=cfg.space.C, N=cfg.space.N, num_classes=num_classes,
+                                in_channels=in_channels, device=torch.device(cfg.device),
+                                dtype=getattr(torch, cfg.dtype), **options)
 
 
-@torch.no_grad()
-def _add_(params: Sequence[Tensor], vecs: Sequence[Tensor], scale: float) -> None:
-    for p, v in zip(params, vecs):
-        p.add_(v, alpha=scale)
+class ArchLogits(nn.Module):
+    """The architecture logits of a supernet that holds none itself: one parameter per
+    architecture tensor of the space, drawn as DARTS draws them (``1e-3 * randn``)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], *, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        self.tensors = nn.ParameterDict({name: nn.Parameter(1e-3 * torch.randn(*shape, device=device,
+                                                                              dtype=dtype))
+                                         for name, shape in shapes.items()})
 
 
-@contextlib.contextmanager
-def _weights_restored(params: Sequence[Tensor]) -> Iterator[None]:
-    """Let the body move ``params``; copy their saved values back afterwards (exactly,
-    not by re-adding), also when the body raises."""
-    saved = [p.detach().clone() for p in params]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, s in zip(params, saved):
-                p.copy_(s)
+def arch_parameters(model: nn.Module, space: SearchSpace) -> tuple[ArchTensors, ArchLogits | None]:
+    """The architecture tensors a search learns: the supernet's own (``arch_tensors()``)
+    when it has them, else a new :class:`ArchLogits` (returned too, for checkpoints). A
+    space with one tensor gives that tensor, a space with several a dict by name."""
+    holder = None
+    if hasattr(model, "arch_tensors"):
+        named = dict(model.arch_tensors())
+    else:
+        p = next(iter(model.parameters()))
+        holder = ArchLogits(space.arch_shapes(), device=p.device, dtype=p.dtype)
+        named = dict(holder.tensors.items())
+    return (next(iter(named.values())) if len(named) == 1 else named), holder
 
 
-def hessian_vector_fd(model: NB201Supernet, alpha: Tensor, batch: Batch, v: Sequence[Tensor],
-                      eps: float = 0.01) -> Tensor:
-    """``d/dalpha (grad_w L_train . v)`` by central differences, as DARTS computes it.
-
-    Evaluates ``grad_alpha L_train`` at ``w +- R v`` with ``R = eps / ||v||`` and
-    returns their difference over ``2R``. The weights are restored exactly (they are
-    saved and copied back, not re-added).
-    """
-    weights = model.weight_parameters()
-    R = eps / torch.cat([x.reshape(-1) for x in v]).norm().clamp_min(1e-12).item()
-    with _weights_restored(weights):
-        _add_(weights, v, R)
-        g_plus = _train_loss_alpha_grad(model, alpha, batch)
-        _add_(weights, v, -2 * R)
-        g_minus = _train_loss_alpha_grad(model, alpha, batch)
-    return (g_plus - g_minus) / (2 * R)
+def named_arch(space: SearchSpace, arch: ArchTensors) -> dict[str, Tensor]:
+    """``arch`` as the dict of the search-space protocol."""
+    if isinstance(arch, Tensor):
+        (name,) = space.arch_shapes()
+        return {name: arch}
+    return dict(arch)
 
 
-def hessian_vector_exact(model: NB201Supernet, alpha: Tensor, batch: Batch,
-                         v: Sequence[Tensor]) -> Tensor:
-    """The same mixed second derivative as :func:`hessian_vector_fd`, by double backward."""
-    a = alpha.detach().requires_grad_(True)
-    weights = model.weight_parameters()
-    with _uncompiled(model):
-        loss = F.cross_entropy(model(batch[0], a), batch[1])
-    gw = torch.autograd.grad(loss, weights, create_graph=True)
-    dot = sum((g * vi).sum() for g, vi in zip(gw, v))
-    return torch.autograd.grad(dot, a)[0]
+def build_arch_update(cfg: RunConfig, model: nn.Module, num_valid: int,
+                      generator: torch.Generator | None) -> ArchDistribution:
+    """The architecture distribution ``cfg.search.method`` names, over ``model``'s own
+    architecture tensors (NB201's ``alpha``)."""
+    arch, _ = arch_parameters(model, get_space(cfg.space.name))
+    return build_distribution(cfg, arch, num_valid, generator)
 
 
-def _lookahead_terms(w_opt: torch.optim.Optimizer | None, weights: Sequence[Tensor]
-                     ) -> tuple[list[float], list[float], list[Tensor | None]]:
-    """Per weight: the momentum, the weight decay and the momentum buffer (None before
-    the optimizer's first step) of ``w_opt``; zeros and no buffers without one."""
-    if w_opt is None:
-        return [0.0] * len(weights), [0.0] * len(weights), [None] * len(weights)
-    group_of = {id(p): g for g in w_opt.param_groups for p in g["params"]}
-    momenta, decays, buffers = [], [], []
-    for w in weights:
-        g = group_of.get(id(w))
-        if g is None:
-            raise ValueError("the weight optimizer does not hold every weight of the model")
-        momenta.append(float(g.get("momentum", 0.0)))
-        decays.append(float(g.get("weight_decay", 0.0)))
-        buffers.append(w_opt.state.get(w, {}).get("momentum_buffer"))
-    return momenta, decays, buffers
-
-
-def arch_gradient(model: NB201Supernet, alpha: Tensor, val_batch: Batch,
-                  train_batch: Batch | None = None, *, order: int = 1, xi: float = 0.0,
-                  eps: float = 0.01, w_opt: torch.optim.Optimizer | None = None
-                  ) -> tuple[float, Tensor, float]:
-    """Gradient of the validation loss with respect to ``alpha``.
-
-    ``order=1``: ``grad_alpha L_val(w, alpha)`` (``w_opt`` is not used).
-    ``order=2``: DARTS's unrolled gradient (Liu et al. 2019, ``architect.py``). The
-    look-ahead is one step of the weight optimizer ``w_opt`` as DARTS writes it,
-
-        ``w' = w - xi * (momentum * buf + g + weight_decay * w)``,
-
-    with ``g = grad_w L_train(w, alpha)`` (not clipped, as in DARTS), ``buf`` the
-    optimizer's momentum buffer (zero before its first step) and ``momentum`` and
-    ``weight_decay`` read from the optimizer's parameter group. That is a plain-momentum
-    SGD step (dampening 0), as DARTS and AutoDL's DARTS-V2 unroll, even though the
-    search's real weight step is nesterov. Without ``w_opt`` it is ``w - xi * g``
-    (an optimizer with neither momentum nor weight decay). The gradient is then
-    ``grad_alpha L_val(w', alpha) - xi * H v`` with ``v = grad_w' L_val(w', alpha)`` and
-    ``H v`` the finite-difference term of :func:`hessian_vector_fd` at the original ``w``.
-    Network weights and the optimizer's state come back unchanged.
-    Returns ``(loss, grad, accuracy)``.
-    """
-    x, y = val_batch
-    if order == 1:
-        a = alpha.detach().requires_grad_(True)
-        loss, acc = _loss_acc(model(x, a), y)
-        return loss.item(), torch.autograd.grad(loss, a)[0], acc
-    if order != 2 or train_batch is None:
-        raise ValueError("order 2 needs a train batch")
-    weights = model.weight_parameters()
-    momenta, decays, buffers = _lookahead_terms(w_opt, weights)
-    a = alpha.detach().requires_grad_(True)
-    with _weights_restored(weights):
-        train_loss = F.cross_entropy(model(train_batch[0], a.detach()), train_batch[1])
-        gw = torch.autograd.grad(train_loss, weights)
-        with torch.no_grad():  # w' = w - xi (momentum buf + g + wd w)
-            steps = []
-            for w, g, m, wd, buf in zip(weights, gw, momenta, decays, buffers):
-                d = g + wd * w if wd != 0.0 else g
-                steps.append(d + m * buf if buf is not None and m != 0.0 else d)
-        _add_(weights, steps, -xi)
-        loss, acc = _loss_acc(model(x, a), y)
-        grads = torch.autograd.grad(loss, [a, *weights])
-        dalpha, v = grads[0], grads[1:]
-    hv = hessian_vector_fd(model, alpha, train_batch, v, eps)
-    return loss.item(), dalpha - xi * hv, acc
-
-
-def arch_gradient_batched(model: NB201Supernet, alphas: Tensor,
-                          val_batch: Batch) -> tuple[float, Tensor, float]:
-    """First-order gradients at M alphas ``[M, 6, 5]`` in one batched pass.
-
-    Sample ``k``'s loss is the mean cross-entropy at ``alphas[k]``; the losses are
-    summed, so ``grad[k]`` equals :func:`arch_gradient` at ``alphas[k]``.
-    Returns ``(mean loss, grads [M, 6, 5], mean accuracy)``.
-    """
-    x, y = val_batch
-    a = alphas.detach().requires_grad_(True)
-    logits = model(x, a)  # [M, B, K]
-    M, B = logits.shape[:2]
-    losses = F.cross_entropy(logits.reshape(M * B, -1), y.repeat(M), reduction="none")
-    losses = losses.view(M, B).mean(1)
-    grad = torch.autograd.grad(losses.sum(), a)[0]
-    acc = (logits.detach().argmax(-1) == y).float().mean().item()
-    return losses.mean().item(), grad, acc
-
-
-def dominant_hessian_eigenvalue(model: NB201Supernet, alpha: Tensor, batch: Batch,
-                                iters: int = 8, generator: torch.Generator | None = None) -> float:
-    """Largest-magnitude eigenvalue of ``d^2 L_val / d alpha^2`` by power iteration.
-
-    Uses exact Hessian-vector products (double backward) on one fixed batch; returns
-    the Rayleigh quotient of the last iterate (signed).
-    """
-    a = alpha.detach().requires_grad_(True)
-    with _uncompiled(model):
-        loss = F.cross_entropy(model(batch[0], a), batch[1])
-    (g,) = torch.autograd.grad(loss, a, create_graph=True)
-    v = torch.randn(a.shape, generator=generator, device=a.device, dtype=a.dtype)
-    v = v / v.norm()
-    eig = 0.0
-    for k in range(iters):
-        (hv,) = torch.autograd.grad(g, a, grad_outputs=v, retain_graph=k < iters - 1)
-        eig = float((hv * v).sum())
-        n = hv.norm()
-        if n.item() == 0.0:
-            return 0.0
-        v = hv / n
-    return eig
-
-
-# ---------------------------------------------------------------------------------
-# architecture updates
-# ---------------------------------------------------------------------------------
-class ArchUpdate(Protocol):
-    """How one architecture step turns validation gradients into a new alpha."""
-
-    optimizer: torch.optim.Optimizer
-    order: int  # 1: first order; 2: unrolled (second order)
-
-    def step(self, model: NB201Supernet, val_batch: Batch, train_batch: Batch,
-             xi: float, w_opt: torch.optim.Optimizer | None = None) -> dict[str, float]: ...
-
-    def sigma(self, model: NB201Supernet) -> Tensor | None: ...
-
-
-class DartsUpdate:
-    """DARTS: Adam on the point estimate alpha (weight decay as in DARTS)."""
-
-    def __init__(self, model: NB201Supernet, *, lr: float, betas: tuple[float, float],
-                 weight_decay: float, order: int, eps: float = 0.01) -> None:
-        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr, betas=betas,
-                                          weight_decay=weight_decay)
-        self.order, self.eps = order, eps
-
-    def step(self, model: NB201Supernet, val_batch: Batch, train_batch: Batch,
-             xi: float, w_opt: torch.optim.Optimizer | None = None) -> dict[str, float]:
-        """One step on ``val_batch``; second order unrolls one step of ``w_opt`` on
-        ``train_batch`` with rate ``xi`` (see :func:`arch_gradient`)."""
-        loss, grad, acc = arch_gradient(model, model.alpha, val_batch, train_batch,
-                                        order=self.order, xi=xi, eps=self.eps, w_opt=w_opt)
-        model.alpha.grad = grad
-        self.optimizer.step()
-        model.alpha.grad = None
-        return {"valid_loss": loss, "valid_acc": acc}
-
-    def sigma(self, model: NB201Supernet) -> Tensor | None:
-        return None
-
-
-class BalenasUpdate:
-    """BaLeNAS: Vadam on N(mu, sigma^2), from M Monte-Carlo samples of alpha.
-
-    First order with ``batched=True`` evaluates the M samples in one batched pass;
-    otherwise one pass per sample (second order always). Both consume the same noise.
-    """
-
-    def __init__(self, model: NB201Supernet, *, lr: float, betas: tuple[float, float],
-                 prior_precision: float, prec_init: float, num_data: int, mc_samples: int,
-                 order: int, batched: bool, generator: torch.Generator | None,
-                 eps: float = 0.01) -> None:
-        self.optimizer = Vadam(model.arch_parameters(), lr=lr, betas=betas,
-                               prior_precision=prior_precision, prec_init=prec_init,
-                               num_data=num_data, mc_samples=mc_samples, generator=generator)
-        self.order, self.batched, self.eps = order, batched, eps
-
-    def step(self, model: NB201Supernet, val_batch: Batch, train_batch: Batch,
-             xi: float, w_opt: torch.optim.Optimizer | None = None) -> dict[str, float]:
-        """One step on ``val_batch``; second order unrolls one step of ``w_opt`` on
-        ``train_batch`` with rate ``xi`` (see :func:`arch_gradient`)."""
-        accs: list[float] = []
-        if self.order == 1 and self.batched:
-            def closure_batched(samples: list[Tensor]) -> tuple[float, list[Tensor]]:
-                loss, grads, acc = arch_gradient_batched(model, samples[0], val_batch)
-                accs.append(acc)
-                return loss, [grads]
-
-            loss = self.optimizer.step_batched(closure_batched)
-        else:
-            def closure() -> float:
-                loss, grad, acc = arch_gradient(model, model.alpha, val_batch, train_batch,
-                                                order=self.order, xi=xi, eps=self.eps,
-                                                w_opt=w_opt)
-                model.alpha.grad = grad  # Vadam zeroes it before every sample
-                accs.append(acc)
-                return loss
-
-            loss = self.optimizer.step(closure)
-        model.alpha.grad = None
-        return {"valid_loss": float(loss), "valid_acc": sum(accs) / len(accs)}
-
-    def sigma(self, model: NB201Supernet) -> Tensor | None:
-        return self.optimizer.posterior_std(model.alpha)
-
-
-def build_supernet(cfg: RunConfig, num_classes: int, in_channels: int) -> NB201Supernet:
-    """The supernet of ``cfg.space`` on ``cfg.device`` / ``cfg.dtype``."""
-    return NB201Supernet(cfg.space.C, cfg.space.N, num_classes, in_channels,
-                         fused=cfg.search.fused_cell,
-                         compile_cells=cfg.search.fused_cell and cfg.search.compile_cells,
-                         cell_impl=cfg.search.cell_impl,
-                         device=torch.device(cfg.device),
-                         dtype=getattr(torch, cfg.dtype))
-
-
-def build_arch_update(cfg: RunConfig, model: NB201Supernet, num_valid: int,
-                      generator: torch.Generator | None) -> ArchUpdate:
-    """The :class:`ArchUpdate` that ``cfg.search.method`` names."""
-    s = cfg.search
-    if s.method == "darts":
-        return DartsUpdate(model, lr=s.a_lr, betas=tuple(s.a_betas), weight_decay=s.a_weight_decay,
-                           order=s.order, eps=s.unrolled_eps)
-    if s.method == "balenas":
-        return BalenasUpdate(model, lr=s.a_lr, betas=tuple(s.a_betas),
-                             prior_precision=s.prior_precision, prec_init=s.prec_init,
-                             num_data=s.num_data or num_valid, mc_samples=s.mc_samples,
-                             order=s.order, batched=s.batched_mc, generator=generator,
-                             eps=s.unrolled_eps)
-    raise UserError(f"unknown method {s.method!r}; use --method darts or balenas")
-
-
-def search_step(model: NB201Supernet, w_opt: torch.optim.Optimizer, arch: ArchUpdate,
+def search_step(model: nn.Module, w_opt: torch.optim.Optimizer, arch: ArchDistribution,
                 train_batch: Batch, val_batch: Batch, *, grad_clip: float) -> dict[str, float]:
     """One search step on a (train, valid) pair of batches. No I/O.
 
-    First order: one SGD step on the weights, then one architecture step (at the new
-    weights). Second order, as in DARTS's train loop: the architecture step first, which
-    unrolls one step of ``w_opt`` from the current weights and momentum buffers, then
-    the SGD step on the same train batch (at the new alpha).
+    First order: one SGD step on the weights at the mixing weights of the distribution's
+    logits (BaLeNAS: of mu), then one architecture step (at the new weights). Second
+    order, as in DARTS's train loop: the architecture step first, which unrolls one step
+    of ``w_opt`` from the current weights and momentum buffers, then the SGD step on the
+    same train batch (at the new alpha).
     """
     model.train()
     xi = w_opt.param_groups[0]["lr"]
@@ -367,7 +152,7 @@ def search_step(model: NB201Supernet, w_opt: torch.optim.Optimizer, arch: ArchUp
     if second_order:
         arch_stats = arch.step(model, val_batch, train_batch, xi, w_opt)
     w_opt.zero_grad(set_to_none=True)
-    loss, acc = _loss_acc(model(train_batch[0], model.alpha.detach()), train_batch[1])
+    loss, acc = _loss_acc(model(train_batch[0], arch.mixing(detached(arch.arch))), train_batch[1])
     loss.backward()
     nn.utils.clip_grad_norm_(model.weight_parameters(), grad_clip)
     w_opt.step()
@@ -383,23 +168,28 @@ def search_step(model: NB201Supernet, w_opt: torch.optim.Optimizer, arch: ArchUp
 class SearchResult:
     """What a search produced."""
 
-    arch: Arch  # argmax(mu) per edge
-    mu: Tensor
-    sigma: Tensor | None
+    arch: Any  # the genotype of mu (NB201: an Arch, argmax(mu) per edge)
+    mu: ArchTensors
+    sigma: ArchTensors | None
     metrics: list[dict[str, Any]]
     history: list[dict[str, Any]]
     wall_time_s: float
     run_dir: Path | None = None
 
 
-def _regime(cfg: RunConfig, arch: ArchUpdate, model: NB201Supernet, sigma: Tensor | None,
+def _regime(cfg: RunConfig, arch: ArchDistribution, sigma: ArchTensors | None,
             arch_steps: int, record: dict[str, Any], num_valid: int) -> dict[str, Any]:
     """The regime quantities of :mod:`bayesnas_core.regime` for this epoch's record."""
     s = cfg.search
-    state = arch.optimizer.state.get(model.alpha, {}) if sigma is not None else {}
-    return epoch_regime(mu=model.alpha, sigma=sigma, a_lr=s.a_lr, arch_steps=arch_steps,
+    mu = arch.mode()
+    if sigma is None:
+        s_sq = None
+    else:
+        states = [arch.optimizer.state.get(p, {}).get("exp_avg_sq") for p in leaves(mu)]
+        s_sq = None if any(t is None for t in states) else like(mu, states)
+    return epoch_regime(mu=mu, sigma=sigma, a_lr=s.a_lr, arch_steps=arch_steps,
                         beta2=s.a_betas[1], num_data=s.num_data or num_valid,
-                        prior_precision=s.prior_precision, exp_avg_sq=state.get("exp_avg_sq"),
+                        prior_precision=s.prior_precision, exp_avg_sq=s_sq,
                         train_acc=record["train_acc"], valid_acc=record["valid_acc"],
                         seed=cfg.seed + record["epoch"])
 
@@ -417,12 +207,13 @@ def search_batches(cfg: RunConfig, data: SearchData) -> tuple[BatchIterator, Bat
     return train_it, valid_it
 
 
-def epoch_line(record: dict[str, Any], epochs: int) -> str:
+def epoch_line(record: dict[str, Any], epochs: int, choices: int = 6) -> str:
     """One plain progress line for a finished epoch (``free_ops``: parameter-free ops,
-    none, skip or pooling, in the argmax cell's six edges)."""
+    none, skip or pooling, of the ``choices`` ops the current genotype chose: NB201's
+    six edges)."""
     parts = [f"epoch {record['epoch']}/{epochs}", f"train_loss {record['train_loss']:.4f}",
              f"valid_loss {record['valid_loss']:.4f}", f"valid_acc {record['valid_acc']:.3f}",
-             f"free_ops {record['parameter_free_ops']}/{len(EDGES)}"]
+             f"free_ops {record['parameter_free_ops']}/{choices}"]
     if "gt_cifar10_test" in record:
         parts.append(f"argmax cell CIFAR-10 test {record['gt_cifar10_test']:.2f} %")
     parts.append(f"{record['wall_time_s']:.1f} s")
@@ -446,14 +237,14 @@ def _make_generator(device: torch.device, seed: int) -> torch.Generator:
 
 def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resume: bool = False,
            progress: bool | Callable[[str], Any] = True,
-           on_epoch: Callable[[NB201Supernet, Arch], dict[str, Any]] | None = None,
+           on_epoch: Callable[[nn.Module, Any], dict[str, Any]] | None = None,
            on_record: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
     """Run the bilevel search that ``cfg`` describes on ``data`` (already on ``cfg.device``).
 
     With ``run``, every epoch appends to ``metrics.jsonl`` and ``history.json`` and
     writes ``checkpoint.pt`` atomically; ``resume=True`` continues from that
     checkpoint and ends bit-identical to an uninterrupted run on the CPU.
-    ``on_epoch(model, arch)`` may add fields to each epoch's record; ``on_record(record)``
+    ``on_epoch(model, genotype)`` may add fields to each epoch's record; ``on_record(record)``
     sees each finished record (``step_ms``: the mean milliseconds of the epoch's steps). ``progress``: True
     shows progress bars, a callable gets one plain line per epoch instead (for logs and
     pipes), False shows nothing.
@@ -467,12 +258,15 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
     if data.train.x.dtype != dtype:
         data = data.to(dtype)
     seed_everything(cfg.seed)
+    space = get_space(cfg.space.name)
     model = build_supernet(cfg, data.num_classes, data.in_channels)
+    alpha, holder = arch_parameters(model, space)  # drawn after the weights, as DARTS does
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
                             nesterov=True, weight_decay=s.w_weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=s.epochs, eta_min=s.w_lr_min)
     noise = _make_generator(device, cfg.seed + 1)
-    arch = build_arch_update(cfg, model, len(data.valid), noise)
+    arch = build_distribution(cfg, alpha, len(data.valid), noise)
+    choices = space.num_choices()
     train_it, valid_it = search_batches(cfg, data)
     probe = next(iter(BatchIterator(data.valid, cfg.data.batch_size, shuffle=False).epoch(0)))
 
@@ -485,6 +279,8 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
         state = run.load_checkpoint()
         check_resumable(cfg, state, run.path)
         model.load_state_dict(state["model"])
+        if holder is not None:
+            holder.load_state_dict(state["arch"])
         w_opt.load_state_dict(state["w_opt"])
         arch.optimizer.load_state_dict(state["a_opt"])
         sched.load_state_dict(state["sched"])
@@ -493,10 +289,10 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
         metrics, history = state["metrics"], state["history"]
         start, elapsed = int(state["epoch"]), float(state["wall_time_s"])
 
-    engine = None
-    if engine_supported(s.order, s.fused_cell, s.batched_mc):
-        engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=s.grad_clip,
-                            cuda_graph=s.cuda_graph and device.type == "cuda")
+    engine = build_accelerator(cfg, space.name, model, w_opt, arch)  # None: the plain loop
+
+    def finite_arch() -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in leaves(alpha))
 
     def stop(where: str) -> NonFiniteLossError:
         kept = (f"the last good checkpoint (epoch {metrics[-1]['epoch']}) is kept in {run.path}"
@@ -520,14 +316,14 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
                     raise stop(f"at epoch {epoch + 1} step {step + 1}")
             means = engine.epoch_stats()
             engine.sync_state()
-            if not all(math.isfinite(v) for v in means.values()) or not torch.isfinite(model.alpha).all():
+            if not all(math.isfinite(v) for v in means.values()) or not finite_arch():
                 raise stop(f"in epoch {epoch + 1}")
         else:
             sums: dict[str, float] = {}
             n = 0
             for step, (tb, vb) in enumerate(steps):
                 stats = search_step(model, w_opt, arch, tb, vb, grad_clip=s.grad_clip)
-                if not all(math.isfinite(v) for v in stats.values()) or not torch.isfinite(model.alpha).all():
+                if not all(math.isfinite(v) for v in stats.values()) or not finite_arch():
                     raise stop(f"at epoch {epoch + 1} step {step + 1}")
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -538,46 +334,68 @@ def search(cfg: RunConfig, data: SearchData, *, run: RunDir | None = None, resum
         with warnings.catch_warnings():  # the engine updates the weights without w_opt.step()
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             sched.step()
-        genotype = model.genotype()
-        sigma = arch.sigma(model)
+        genotype = space.genotype(named_arch(space, arch.mode()))
+        sigma = arch.sigma()
         record: dict[str, Any] = {"epoch": epoch + 1, **means,
                                   "step_ms": 1000 * steps_s / len(train_it),
-                                  "w_lr": w_lr, "arch": str(genotype),
-                                  "parameter_free_ops": genotype.num_parameter_free}
+                                  "w_lr": w_lr, "arch": space.format(genotype),
+                                  "parameter_free_ops": space.num_parameter_free(genotype)}
         if s.curvature_iters > 0 and ((epoch + 1) % s.curvature_every == 0 or epoch + 1 == s.epochs):
             t_curv = time.perf_counter()
             curv_gen = _make_generator(device, cfg.seed + 31 * (epoch + 1))
-            record["hessian_eig"] = dominant_hessian_eigenvalue(model, model.alpha, probe,
-                                                                s.curvature_iters, curv_gen)
+            record["hessian_eig"] = dominant_hessian_eigenvalue(model, arch.mode(), probe,
+                                                                s.curvature_iters, curv_gen,
+                                                                mix=arch.mixing)
             record["hessian_eig_s"] = time.perf_counter() - t_curv
-        record.update(_regime(cfg, arch, model, sigma, (epoch + 1) * len(train_it), record,
+        record.update(_regime(cfg, arch, sigma, (epoch + 1) * len(train_it), record,
                               len(data.valid)))
         if on_epoch is not None:
             record.update(on_epoch(model, genotype))
         elapsed += time.perf_counter() - t0
         record["wall_time_s"] = elapsed
         metrics.append(record)
-        history.append({"epoch": epoch + 1, "mu": model.alpha.detach().cpu().tolist(),
-                        "sigma": None if sigma is None else sigma.detach().cpu().tolist()})
-        epochs.set_postfix(valid_loss=f"{record['valid_loss']:.3f}", free_ops=genotype.num_parameter_free)
+        history.append({"epoch": epoch + 1, "mu": _listed(arch.mode()),
+                        "sigma": None if sigma is None else _listed(sigma)})
+        epochs.set_postfix(valid_loss=f"{record['valid_loss']:.3f}", free_ops=record["parameter_free_ops"])
         if callable(progress):
-            progress(epoch_line(record, s.epochs))
+            progress(epoch_line(record, s.epochs, choices))
         if on_record is not None:
             on_record(record)
         if run is not None:
             run.write_metrics(metrics)
-            run.write_json("history.json", {"ops": list(OP_NAMES), "edges": EDGE_NAMES,
-                                            "epochs": history})
+            run.write_json("history.json", {**_history_axes(space, alpha), "epochs": history})
             run.save_checkpoint({
                 "epoch": epoch + 1, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
                 "a_opt": arch.optimizer.state_dict(), "sched": sched.state_dict(),
                 "noise": noise.get_state(), "torch_rng": torch.get_rng_state(),
                 "metrics": metrics, "history": history, "config": to_dict(cfg),
                 "wall_time_s": elapsed,
+                **({} if holder is None else {"arch": holder.state_dict()}),
             })
-    sigma = arch.sigma(model)
-    return SearchResult(arch=model.genotype(), mu=model.alpha.detach().cpu().clone(),
-                        sigma=None if sigma is None else sigma.detach().cpu().clone(),
+    sigma = arch.sigma()
+    return SearchResult(arch=space.genotype(named_arch(space, arch.mode())), mu=_cpu(arch.mode()),
+                        sigma=None if sigma is None else _cpu(sigma),
                         metrics=metrics, history=history, wall_time_s=elapsed,
                         run_dir=None if run is None else run.path)
 
+
+
+def _cpu(arch: ArchTensors) -> ArchTensors:
+    return like(arch, [t.detach().cpu().clone() for t in leaves(arch)])
+
+
+def _listed(arch: ArchTensors) -> Any:
+    """A tensor as nested lists; named tensors as a dict of them (history.json)."""
+    if isinstance(arch, Tensor):
+        return arch.detach().cpu().tolist()
+    return {k: v.detach().cpu().tolist() for k, v in arch.items()}
+
+
+def _history_axes(space: SearchSpace, alpha: ArchTensors) -> dict[str, Any]:
+    """history.json's names of the choices (``ops``) and rows (``edges``) of mu: lists for a
+    one-tensor space (NB201), dicts by tensor name otherwise."""
+    names = list(space.arch_shapes())
+    if isinstance(alpha, Tensor):
+        return {"ops": list(space.choice_names(names[0])), "edges": list(space.row_names(names[0]))}
+    return {"ops": {n: list(space.choice_names(n)) for n in names},
+            "edges": {n: list(space.row_names(n)) for n in names}}

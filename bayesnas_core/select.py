@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .proxies import compute_proxy
 from .spaces import Arch, NB201Network
@@ -25,6 +25,8 @@ __all__ = [
     "Candidate",
     "TFSelection",
     "select_tf",
+    "sample_genotypes",
+    "select_tf_space",
 ]
 
 
@@ -114,5 +116,58 @@ def select_tf(mu: Tensor, sigma: Tensor | None, *, proxy: str, samples: int,
     """
     draws = sample_archs(mu, sigma, samples, generator)
     candidates = score_archs(unique_networks(draws), proxy=proxy, **score_kw)
+    best = max(candidates, key=lambda c: c.score).arch
+    return TFSelection(proxy=proxy, samples=samples, best=best, candidates=candidates, draws=draws)
+
+
+# ---------------------------------------------------------------------------------
+# any registered space: genotypes drawn from N(mu, sigma^2), ranked on their networks
+# ---------------------------------------------------------------------------------
+def sample_genotypes(space: Any, mu: dict[str, Tensor], sigma: dict[str, Tensor] | None, k: int,
+                     generator: torch.Generator | None = None) -> list[Any]:
+    """K genotypes of ``space``: its discrete rule (``space.genotype``) applied to
+    ``mu + sigma * eps`` for every architecture tensor, ``eps ~ N(0, I)`` drawn in float64
+    on the generator's device, tensor by tensor in ``mu``'s order. Without ``sigma`` every
+    draw is the genotype of ``mu``."""
+    mu = {n: t.detach().cpu().double() for n, t in mu.items()}
+    if sigma is None:
+        return [space.genotype(mu)] * k
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    eps = {n: torch.randn((k, *t.shape), generator=generator, dtype=torch.float64,
+                          device=gen_device).cpu() for n, t in mu.items()}
+    return [space.genotype({n: mu[n] + sigma[n].detach().cpu().double() * eps[n][i] for n in mu})
+            for i in range(k)]
+
+
+def _network_for_scoring(space: Any, genotype: Any, **kwargs: Any) -> nn.Module:
+    """The stand-alone network a proxy scores: without an auxiliary head where the space's
+    builder has one (DARTS), so the network returns plain logits."""
+    import inspect
+
+    if "auxiliary" in inspect.signature(space.build_network).parameters:
+        kwargs["auxiliary"] = False
+    return space.build_network(genotype, **kwargs)
+
+
+def select_tf_space(space: Any, mu: dict[str, Tensor], sigma: dict[str, Tensor] | None, *,
+                    proxy: str, samples: int, num_classes: int, in_channels: int, image_size: int,
+                    batch: tuple[Tensor, Tensor] | None = None, C: int = 16, N: int = 5,
+                    generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                    init_seed: int = 0, progress: Callable[[list[Any]], Any] | None = None) -> TFSelection:
+    """BaLeNAS-TF in any registered space: draw ``samples`` genotypes, keep distinct ones
+    (by their text form), score each stand-alone network at initialisation with ``proxy``
+    (seeded as :func:`score_archs` does), pick the best."""
+    draws = sample_genotypes(space, mu, sigma, samples, generator)
+    distinct = list({space.format(g): g for g in draws}.values())
+    inputs, targets = (None, None) if batch is None else (batch[0].to(device), batch[1].to(device))
+    candidates = []
+    for g in (progress(distinct) if progress is not None else distinct):
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(init_seed)
+            net = _network_for_scoring(space, g, C=C, N=N, num_classes=num_classes,
+                                       in_channels=in_channels).to(device)
+        score = compute_proxy(proxy, net, inputs=inputs, targets=targets,
+                              input_shape=(in_channels, image_size, image_size))
+        candidates.append(Candidate(g, score.value, score.log10))
     best = max(candidates, key=lambda c: c.score).arch
     return TFSelection(proxy=proxy, samples=samples, best=best, candidates=candidates, draws=draws)

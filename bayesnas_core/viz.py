@@ -248,3 +248,80 @@ def log_axis(ax: Axes, which: str = "x") -> None:
 def bench_label(row: dict[str, Any]) -> str:
     """``darts`` or ``balenas M=k`` for a benchmark row."""
     return row["method"] if row.get("mc_samples") is None else f"{row['method']} M={row['mc_samples']}"
+
+
+def draw_genotype(genotype: Any, *, axes: Sequence[Axes] | None = None) -> Any:
+    """The normal and the reduction cell of a DARTS genotype, side by side, as DAGs.
+
+    Nodes ``c_{k-2}``, ``c_{k-1}`` (the cell inputs), the intermediate nodes ``0..3`` and
+    the output ``c_{k}`` (the concatenation, dashed edges); every chosen edge is an arrow
+    labelled with its op. ``genotype`` is a DARTS ``Genotype`` or its text (or a shipped
+    name, see ``spaces.darts.GENOTYPES``). Drawn with matplotlib only (DARTS's own plot uses
+    graphviz). Returns the new Figure, or ``axes`` (a pair) when given.
+    """
+    from .spaces.darts import DartsSpace  # the DARTS codec; viz draws, it does not train
+
+    space = DartsSpace()
+    g = space.parse(genotype) if isinstance(genotype, str) else space.parse(space.format(genotype))
+    fig = None
+    if axes is None:
+        axs = new_axes((14.0, 4.0), ncols=2)
+        fig = axs[0].figure
+    else:
+        axs = axes
+        if len(axs) != 2:
+            raise ValueError(f"draw_genotype draws two cells: pass two axes, got {len(axs)}")
+    for ax, pairs, concat, title in ((axs[0], g.normal, g.normal_concat, "normal cell"),
+                                     (axs[1], g.reduce, g.reduce_concat, "reduction cell")):
+        _draw_cell(ax, pairs, concat, title)
+    return fig if fig is not None else axs
+
+
+def _draw_cell(ax: Axes, pairs: Sequence[tuple[str, int]], concat: Sequence[int], title: str) -> None:
+    """One DARTS cell on ``ax`` (genotype nodes: 0, 1 the inputs; 2.. the intermediate ones)."""
+    steps = len(pairs) // 2
+    # every node on one ellipse (convex position), so no straight edge passes through a node:
+    # inputs on the left, the output on the right, even nodes above and odd nodes below
+    rx, ry, radius = 5.0, 2.2, 0.32
+
+    def at(deg: float) -> tuple[float, float]:
+        return rx * math.cos(math.radians(deg)), ry * math.sin(math.radians(deg))
+
+    pos: dict[int | str, tuple[float, float]] = {0: at(155.0), 1: at(205.0), "out": at(0.0)}
+    for parity, sign in ((0, 1.0), (1, -1.0)):
+        row = [i for i in range(steps) if i % 2 == parity]
+        for k, i in enumerate(row):
+            pos[i + 2] = at(sign * (155.0 - 155.0 * (k + 1) / (len(row) + 1)))
+
+    def edge(src: tuple[float, float], dst: tuple[float, float], label: str | None, color: str,
+             style: str) -> None:
+        (x0, y0), (x1, y1) = src, dst
+        length = math.hypot(x1 - x0, y1 - y0)
+        ux, uy = (x1 - x0) / length, (y1 - y0) / length
+        a = (x0 + radius * ux, y0 + radius * uy)  # from rim to rim of the node circles
+        b = (x1 - radius * ux, y1 - radius * uy)
+        ax.annotate("", xy=b, xytext=a, zorder=1,
+                    arrowprops={"arrowstyle": "-|>", "color": color, "lw": 1.2, "linestyle": style,
+                                "shrinkA": 0, "shrinkB": 0})
+        if label is not None:  # nearer the target, so a node's two in-edge labels part ways
+            angle = math.degrees(math.atan2(uy, ux))  # along the edge, never upside down
+            angle = angle - 180 if angle > 90 else angle + 180 if angle < -90 else angle
+            ax.text(x0 + 0.62 * (x1 - x0), y0 + 0.62 * (y1 - y0), label, fontsize=7, ha="center",
+                    va="center", rotation=angle, rotation_mode="anchor", zorder=3,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+
+    for p, (op, j) in enumerate(pairs):
+        edge(pos[j], pos[p // 2 + 2], op, "tab:blue" if "conv" in op else "tab:gray", "-")
+    for n in concat:
+        edge(pos[n], pos["out"], None, "0.6", "--")
+    names: dict[int | str, str] = {0: "$c_{k-2}$", 1: "$c_{k-1}$", "out": "$c_{k}$"}
+    colors: dict[int | str, str] = {0: "#b4eeb4", 1: "#b4eeb4", "out": "#eee8aa"}
+    for key, (x, y) in pos.items():
+        label = names[key] if key in names else str(int(key) - 2)
+        ax.text(x, y, label, ha="center", va="center", fontsize=9, zorder=4,
+                bbox={"boxstyle": "circle,pad=0.3", "fc": colors.get(key, "#add8e6"), "ec": "0.3"})
+    ax.set_xlim(-rx - 0.6, rx + 0.6)
+    ax.set_ylim(-ry - 0.6, ry + 0.6)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(title)

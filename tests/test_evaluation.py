@@ -93,6 +93,7 @@ def test_reference_trains_each_cell_once_resumes_and_correlates(tmp_path, bench,
     of an exported study for seeds 0 and 1; a second call trains nothing new."""
     recipe = get_train_preset("cpu")
     recipe.epochs, recipe.limit, recipe.threads, recipe.C = 1, 64, 1, 4
+    recipe.out = str(tmp_path / "runs")
     study = tmp_path / "study"
     study.mkdir()
     picked = bench.arch_str(123)

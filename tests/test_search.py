@@ -61,12 +61,12 @@ def test_second_order_gradient_matches_its_definition() -> None:
     weights = model.weight_parameters()
     saved = [w.detach().clone() for w in weights]
     a = model.alpha.detach().requires_grad_(True)
-    lt = torch.nn.functional.cross_entropy(model(tb[0], a.detach()), tb[1])
+    lt = torch.nn.functional.cross_entropy(model(tb[0], a.detach().softmax(-1)), tb[1])
     gw = torch.autograd.grad(lt, weights)
     with torch.no_grad():
         for w, gi in zip(weights, gw):
             w.sub_(xi * gi)
-    lv = torch.nn.functional.cross_entropy(model(vb[0], a), vb[1])
+    lv = torch.nn.functional.cross_entropy(model(vb[0], a.softmax(-1)), vb[1])
     grads = torch.autograd.grad(lv, [a, *weights])
     with torch.no_grad():
         for w, s in zip(weights, saved):
@@ -79,7 +79,7 @@ def test_second_order_gradient_matches_its_definition() -> None:
 
 def _ce_alpha_grad(model, alpha, batch):
     a = alpha.detach().requires_grad_(True)
-    return torch.autograd.grad(torch.nn.functional.cross_entropy(model(batch[0], a), batch[1]), a)[0]
+    return torch.autograd.grad(torch.nn.functional.cross_entropy(model(batch[0], a.softmax(-1)), batch[1]), a)[0]
 
 
 def test_second_order_unrolls_the_optimizers_own_step() -> None:
@@ -95,7 +95,7 @@ def test_second_order_unrolls_the_optimizers_own_step() -> None:
     xi, m, wd, eps = 0.05, 0.9, 0.05, 0.01
     weights = model.weight_parameters()
     w_opt = torch.optim.SGD(weights, lr=0.1, momentum=m, nesterov=True, weight_decay=wd)
-    torch.nn.functional.cross_entropy(model(vb[0], model.alpha.detach()), vb[1]).backward()
+    torch.nn.functional.cross_entropy(model(vb[0], model.alpha.detach().softmax(-1)), vb[1]).backward()
     w_opt.step()  # a non-zero momentum buffer
     w_opt.zero_grad(set_to_none=True)
     with torch.no_grad():
@@ -112,12 +112,12 @@ def test_second_order_unrolls_the_optimizers_own_step() -> None:
         return c
 
     def unrolled(step_of):  # the hand computation for the look-ahead w - xi * step
-        lt = torch.nn.functional.cross_entropy(model(tb[0], model.alpha.detach()), tb[1])
+        lt = torch.nn.functional.cross_entropy(model(tb[0], model.alpha.detach().softmax(-1)), tb[1])
         g = torch.autograd.grad(lt, weights)
         w1 = [w - xi * step_of(w, gi, b) for w, gi, b in zip(w0, g, bufs)]
         m1 = at(w1)
         a = model.alpha.detach().requires_grad_(True)
-        lv = torch.nn.functional.cross_entropy(m1(vb[0], a), vb[1])
+        lv = torch.nn.functional.cross_entropy(m1(vb[0], a.softmax(-1)), vb[1])
         dalpha, *v = torch.autograd.grad(lv, [a, *m1.weight_parameters()])
         R = eps / torch.cat([x.reshape(-1) for x in v]).norm()
         g_plus = _ce_alpha_grad(at([w + R * x for w, x in zip(w0, v)]), model.alpha, tb)
@@ -148,6 +148,7 @@ def test_second_order_arch_step_comes_before_the_weight_step(tmp_path, monkeypat
     from bayesnas_core.search import build_arch_update
 
     S = sys.modules["bayesnas_core.search"]
+    D = sys.modules["bayesnas_core.distributions"]  # where the methods take their gradients
     cfg = make_tiny_config(tmp_path, method=method, order=order, mc_samples=2,
                            batched_mc=False)
     model, tb, vb = _model_and_batches()
@@ -159,7 +160,7 @@ def test_second_order_arch_step_comes_before_the_weight_step(tmp_path, monkeypat
     before = [w.detach().clone() for w in model.weight_parameters()]
     buf_before = [w_opt.state[w]["momentum_buffer"].clone() for w in model.weight_parameters()]
     seen = []
-    original = S.arch_gradient
+    original = D.arch_gradient
 
     def recording(model_, *a, **k):
         seen.append(([w.detach().clone() for w in model_.weight_parameters()],
@@ -167,7 +168,7 @@ def test_second_order_arch_step_comes_before_the_weight_step(tmp_path, monkeypat
                      k.get("w_opt")))
         return original(model_, *a, **k)
 
-    monkeypatch.setattr(S, "arch_gradient", recording)
+    monkeypatch.setattr(D, "arch_gradient", recording)
     S.search_step(model, w_opt, arch, tb, vb, grad_clip=s.grad_clip)
     after = [w.detach().clone() for w in model.weight_parameters()]
     assert not all(torch.equal(x, y) for x, y in zip(before, after))  # the weights moved
@@ -200,7 +201,7 @@ def test_second_order_search_step_equals_the_darts_sequence(tmp_path) -> None:
 
     def weight_step(m, w):
         w.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(m(tb[0], m.alpha.detach()), tb[1]).backward()
+        torch.nn.functional.cross_entropy(m(tb[0], m.alpha.detach().softmax(-1)), tb[1]).backward()
         torch.nn.utils.clip_grad_norm_(m.weight_parameters(), s.grad_clip)
         w.step()
 
@@ -243,7 +244,7 @@ def test_batched_mc_gradient_equals_sequential() -> None:
 def test_dominant_eigenvalue_matches_dense_hessian() -> None:
     model, tb, vb = _model_and_batches()
     a = model.alpha.detach().requires_grad_(True)
-    f = lambda x: torch.nn.functional.cross_entropy(model(vb[0], x.view(6, 5)), vb[1])
+    f = lambda x: torch.nn.functional.cross_entropy(model(vb[0], x.view(6, 5).softmax(-1)), vb[1])
     H = torch.autograd.functional.hessian(f, a.reshape(-1))
     eigs = torch.linalg.eigvalsh(H)
     top = eigs[eigs.abs().argmax()].item()
@@ -381,7 +382,8 @@ def test_shorter_valid_split_is_cycled_and_lr_is_the_epochs_own(tmp_path, monkey
     cfg = make_tiny_config(tmp_path, method="darts", batched_mc=fast, fused_cell=fast)
     cfg.search.epochs = 1
     steps = []
-    S = sys.modules["bayesnas_core.search"]  # the module (the package exports a function of that name)
+    S = sys.modules["bayesnas_core.search"]
+    D = sys.modules["bayesnas_core.distributions"]  # where the methods take their gradients  # the module (the package exports a function of that name)
     target = (StepEngine, "step") if fast else (S, "search_step")
     original = getattr(*target)
 

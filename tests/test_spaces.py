@@ -114,7 +114,7 @@ def test_supernet_with_one_hot_alpha_equals_standalone_cell() -> None:
     x = torch.randn(8, 1, 8, 8)
     onehot = torch.full((6, 5), -1e4)
     onehot[torch.arange(6), torch.tensor(arch.indices)] = 0.0
-    torch.testing.assert_close(sup(x, onehot), std(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sup(x, onehot.softmax(-1)), std(x), rtol=1e-5, atol=1e-5)
 
 
 def test_batched_alphas_equal_separate_passes() -> None:
@@ -122,10 +122,10 @@ def test_batched_alphas_equal_separate_passes() -> None:
     net = NB201Supernet(C=4, N=1, num_classes=5, in_channels=3)
     x = torch.randn(16, 3, 8, 8)
     alphas = torch.randn(3, 6, 5)
-    batched = net(x, alphas)
+    batched = net(x, alphas.softmax(-1))
     assert batched.shape == (3, 16, 5)
     for k in range(3):
-        torch.testing.assert_close(batched[k], net(x, alphas[k]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(batched[k], net(x, alphas[k].softmax(-1)), rtol=1e-5, atol=1e-6)
 
 
 def test_parameter_free_count() -> None:
@@ -147,7 +147,7 @@ def test_fused_cell_equals_plain_cell() -> None:
         for net in (plain, fused):
             net.zero_grad()
             a = alpha.clone().requires_grad_(True)
-            out = net(x, a)
+            out = net(x, a.softmax(-1))
             F.cross_entropy(out.reshape(-1, 5), y.repeat(out.numel() // (16 * 5))).backward()
             grads.append([a.grad] + [p.grad.clone() for p in net.weight_parameters()])
             grads[-1].insert(0, out.detach())
@@ -173,7 +173,7 @@ def test_cell_impls_equal_the_matmul_impl(impl) -> None:
         grads = []
         for net in (a, b):
             al = alpha.clone().requires_grad_(True)
-            out = net(x, al)
+            out = net(x, al.softmax(-1))
             loss = F.cross_entropy(out.reshape(-1, 5), y.repeat(out.numel() // 40))
             grads.append([out, *torch.autograd.grad(loss, [al, *net.weight_parameters()])])
         for ga, gb in zip(*grads):

@@ -1,6 +1,11 @@
-"""Search spaces: ops, cells, supernets, stand-alone networks and arch codecs."""
+"""Search spaces: ops, cells, supernets, stand-alone networks and arch codecs.
 
-from .nb201 import EDGES, NUM_EDGES, Arch, NB201Network, NB201Supernet
+Each space is one module that registers itself (:func:`register_space`); importing it
+here is all that adding a space takes (see :mod:`.base`)."""
+
+from .base import SearchSpace, get_space, register_space, space_names
+from .nb201 import EDGES, NUM_EDGES, Arch, NB201Network, NB201Space, NB201Supernet
+from . import darts, nb1shot1  # noqa: E402,F401  (register the DARTS and NB-1shot1 spaces)
 from .ops import OP_NAMES, OPS, PARAMETER_FREE_OPS
 
 __all__ = [
@@ -12,4 +17,9 @@ __all__ = [
     "Arch",
     "NB201Network",
     "NB201Supernet",
+    "NB201Space",
+    "SearchSpace",
+    "get_space",
+    "register_space",
+    "space_names",
 ]

@@ -17,13 +17,14 @@ import functools
 import itertools
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
+from .base import register_space
 from .ops import OP_NAMES, PARAMETER_FREE_OPS, ResNetBasicblock, Zero, build_op
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Arch",
     "NB201Supernet",
     "NB201Network",
+    "NB201Space",
     "OP_NAMES",
 ]
 
@@ -433,11 +435,12 @@ class _Macro(nn.Module):
 
 
 class NB201Supernet(nn.Module):
-    """The DARTS relaxation of NB201: every edge mixes all 5 ops by ``softmax(alpha)``.
+    """The DARTS relaxation of NB201: every edge mixes all 5 ops by mixing weights.
 
-    ``forward(x)`` uses the supernet's own ``alpha``; ``forward(x, alpha)`` uses the
-    given logits instead: ``[6, 5]`` for one architecture, or ``[M, 6, 5]`` for M
-    Monte-Carlo samples, which returns logits ``[M, B, classes]`` computed in one
+    ``forward(x)`` mixes by ``softmax(alpha)`` of the supernet's own logits;
+    ``forward(x, weights)`` by the given mixing weights instead: ``[6, 5]`` for one
+    architecture, or ``[M, 6, 5]`` for M Monte-Carlo samples, which returns logits
+    ``[M, B, classes]`` computed in one
     batched pass (``torch.func.vmap``), each sample with its own BN batch statistics
     exactly as M separate passes would.
 
@@ -517,11 +520,21 @@ class NB201Supernet(nn.Module):
         logits = self.net.classifier(h.mean(dim=(2, 3)).view(B, M, C))
         return logits.transpose(0, 1)
 
-    def forward(self, x: Tensor, alpha: Tensor | None = None) -> Tensor:
-        alpha = self.alpha if alpha is None else alpha
-        weights = F.softmax(alpha, dim=-1)
+    def arch_tensors(self) -> dict[str, nn.Parameter]:
+        """The architecture logits by name (:class:`NB201Space`'s one tensor ``alpha``)."""
+        return {"alpha": self.alpha}
+
+    def forward(self, x: Tensor, weights: Tensor | Mapping[str, Tensor] | None = None) -> Tensor:
+        """Logits for mixing weights ``weights`` (``[6, 5]`` or ``[M, 6, 5]``, or the dict
+        ``{"alpha": ...}`` of the search-space protocol); None mixes by ``softmax(alpha)``
+        of the supernet's own logits. The supernet applies no softmax to given weights:
+        the architecture distribution decides how logits or samples become weights."""
+        if weights is None:
+            weights = F.softmax(self.alpha, dim=-1)
+        elif not isinstance(weights, Tensor):
+            weights = weights["alpha"]
         if weights.dim() not in (2, 3):
-            raise ValueError(f"alpha must be [6, 5] or [M, 6, 5], got {tuple(alpha.shape)}")
+            raise ValueError(f"mixing weights must be [6, 5] or [M, 6, 5], got {tuple(weights.shape)}")
         if self.fused:
             out = self._forward_folded(x, weights if weights.dim() == 3 else weights[None])
             return out if weights.dim() == 3 else out[0]
@@ -563,3 +576,47 @@ class NB201Network(nn.Module):
         for cell in self.net.cells:
             h = cell(h)
         return self.net.head(h)
+
+
+@register_space("nb201")
+class NB201Space:
+    """NAS-Bench-201 on the search-space protocol (:mod:`bayesnas_core.spaces.base`): one
+    architecture tensor ``alpha`` ``[6, 5]`` (edges x ops), genotypes are :class:`Arch`."""
+
+    name = "nb201"
+    #: the fast-path options :func:`~bayesnas_core.search.build_supernet` passes on
+    supernet_options = ("fused", "compile_cells", "cell_impl")
+    #: the ground truth its genotypes are looked up in (bayesnas_core.benchmarks)
+    benchmark = "nb201"
+
+    def arch_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"alpha": (NUM_EDGES, len(OP_NAMES))}
+
+    def num_choices(self) -> int:
+        """Ops a genotype chooses: one per edge."""
+        return NUM_EDGES
+
+    def choice_names(self, tensor: str) -> tuple[str, ...]:
+        return tuple(OP_NAMES)
+
+    def row_names(self, tensor: str) -> tuple[str, ...]:
+        return tuple(f"{i}<-{j}" for i, j in EDGES)
+
+    def build_supernet(self, *, C: int, N: int, num_classes: int, in_channels: int,
+                       device: Any = None, dtype: Any = None, **options: Any) -> NB201Supernet:
+        return NB201Supernet(C, N, num_classes, in_channels, device=device, dtype=dtype, **options)
+
+    def genotype(self, arch: Mapping[str, Tensor]) -> Arch:
+        return Arch.from_indices(arch["alpha"].detach().argmax(dim=-1).tolist())
+
+    def parse(self, text: str) -> Arch:
+        return Arch.parse(text)
+
+    def format(self, genotype: Arch) -> str:
+        return str(genotype)
+
+    def num_parameter_free(self, genotype: Arch) -> int:
+        return genotype.num_parameter_free
+
+    def build_network(self, genotype: Arch | str, **kwargs: Any) -> NB201Network:
+        return NB201Network(genotype, **kwargs)
