@@ -563,6 +563,9 @@ class TrainConfig:
     ``lr_schedule="exponential"``, ``lr * lr_gamma ** epoch``. The DARTS-only fields
     (``auxiliary_weight``, ``drop_path_prob``, ``imagenet_network``) and ``cutout`` /
     ``grad_clip`` default to off, so an NB201 recipe trains exactly as before they existed.
+    Under torchrun ``batch_size`` is the global batch, split evenly across the ranks, and
+    ``lr`` applies to it unchanged; the world size is not a field (a run resumes with any
+    world size that divides its batch).
     """
 
     arch: str = ""  # the cell: NB201 arch string or index; DARTS genotype or shipped name
@@ -766,7 +769,8 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "C": ("--channels", "channels C of the first stage (DARTS: even)"),
     "N": ("--cells", "NB201: cells per stage N; DARTS: all N cells (reductions at N/3 and 2N/3)"),
     "epochs": ("--epochs", "training epochs"),
-    "batch_size": ("--batch-size", "batch size"),
+    "batch_size": ("--batch-size", "batch size; under torchrun the global batch, split evenly across "
+                   "the ranks (--lr applies to it unchanged)"),
     "lr": ("--lr", "initial learning rate (set per epoch by --lr-schedule)"),
     "lr_min": ("--lr-min", "final learning rate of the cosine schedule"),
     "momentum": ("--momentum", "SGD momentum"),

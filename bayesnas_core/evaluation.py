@@ -20,8 +20,7 @@ from typing import Any, Callable
 
 from .config import TrainConfig, to_dict
 from .errors import UserError
-from .experiments import (Progress, _Ledger, environment_info, mean_std, rank_correlations,
-                          writable_folder)
+from .experiments import Progress, _Ledger, environment_info, mean_std, rank_correlations
 from .runs import atomic_write_bytes, atomic_write_json
 
 __all__ = ["stratified_cells", "fmnist_reference", "compare_methods", "sign_test_p"]

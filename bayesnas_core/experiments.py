@@ -101,6 +101,8 @@ class _NB101Truth:
 def select_from_result(cfg: RunConfig, result: SearchResult, data: SearchData,
                        bench: Any, *, progress: Progress = True) -> dict[str, Any]:
     """Apply ``cfg.select`` to a finished search; returns a JSON-ready record."""
+    from tqdm.auto import tqdm
+
     sel = cfg.select
     if cfg.space.name != "nb201":  # the genotype; ground truth where a benchmark was given
         space = get_space(cfg.space.name)
@@ -109,8 +111,6 @@ def select_from_result(cfg: RunConfig, result: SearchResult, data: SearchData,
                "arch": space.format(result.arch), "ground_truth": gt}
         if sel.method == "argmax":
             return out
-        from tqdm.auto import tqdm
-
         from .search import named_arch
 
         tf = select_tf_space(space, named_arch(space, result.mu),
@@ -134,8 +134,6 @@ def select_from_result(cfg: RunConfig, result: SearchResult, data: SearchData,
         out["arch"] = str(result.arch)
         out["ground_truth"] = argmax_gt
         return out
-    from tqdm.auto import tqdm
-
     gen = torch.Generator().manual_seed(cfg.seed + TF_SEED_OFFSET)
     batch = proxy_batch(data, cfg.data.batch_size)
     tf = select_tf(result.mu, result.sigma, proxy=sel.method, samples=sel.samples,

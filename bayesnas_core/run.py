@@ -357,7 +357,7 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_train(argv: Sequence[str]) -> int:
-    from .train import run_train
+    from .train import Distributed, ReportedElsewhere, run_train
 
     p = _Parser(prog="python -m bayesnas_core.run train",
                 description="Train one cell's stand-alone network from scratch and test it after "
@@ -365,19 +365,26 @@ def _cmd_train(argv: Sequence[str]) -> int:
                 "minutes; nb201, NAS-Bench-201's 200-epoch CIFAR-10 recipe for a GPU) or a DARTS "
                 "genotype (--genotype; recipes: darts-cpu, DARTS's evaluation network scaled to "
                 "a 2-core CPU; darts-cifar10-eval and darts-imagenet-eval, DARTS's own "
-                "evaluations for a GPU).")
+                "evaluations for a GPU). Under torchrun (torchrun --nproc_per_node K -m "
+                "bayesnas_core.run train ...) it trains data-parallel: --batch-size is the global "
+                "batch, split evenly across the ranks, and --lr applies to it unchanged.")
     _add_train_flags(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted training run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
     args = p.parse_args(argv)
     given = _given_train_fields(args)
-    if args.resume:
-        if set(given) - {"device"} or args.recipe != "cpu":
-            raise UserError("--resume continues with the run's stored settings; drop the other "
-                            "options (only --device and --no-progress may change)")
-        result = run_train(resume=args.resume, progress=_progress(args), device=given.get("device"))
-    else:
-        result = run_train(_train_config(args).validate(), progress=_progress(args))
+    try:
+        if args.resume:
+            if set(given) - {"device"} or args.recipe != "cpu":
+                raise UserError("--resume continues with the run's stored settings; drop the other "
+                                "options (only --device and --no-progress may change)")
+            result = run_train(resume=args.resume, progress=_progress(args), device=given.get("device"))
+        else:
+            result = run_train(_train_config(args).validate(), progress=_progress(args))
+    except ReportedElsewhere:  # under torchrun: rank 0 printed the mistake
+        return 2
+    if not Distributed.from_env().main:  # under torchrun, rank 0 prints the summary
+        return 0
     rec = result["ground_truth"]
     accuracy = (f"  test accuracy {result['final_test_acc']:.2f} % after the last epoch, best "
                 f"{result['best_test_acc']:.2f} % (epoch {result['best_epoch']})")

@@ -18,14 +18,13 @@ wraps it with progress bars, per-epoch records, atomic checkpoints and resume.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from .base import register_space
-from .ops import ReLUConvBN, Zero
+from .ops import ReLUConvBN, Zero, mixed_sum
 
 __all__ = [
     "PRIMITIVES",
@@ -309,13 +309,7 @@ class _MixedOp(nn.Module):
         self.ops = nn.ModuleList(ops)
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
-        out = None
-        for w, op in zip(weights.unbind(-1), self.ops):
-            if isinstance(op, Zero):  # contributes exactly 0 (and 0 gradient)
-                continue
-            term = w * op(x)
-            out = term if out is None else out + term
-        return out
+        return mixed_sum(x, weights, self.ops)
 
 
 class _SearchCell(nn.Module):

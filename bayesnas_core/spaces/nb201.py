@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from .base import register_space
-from .ops import OP_NAMES, PARAMETER_FREE_OPS, ResNetBasicblock, Zero, build_op
+from .ops import OP_NAMES, PARAMETER_FREE_OPS, ResNetBasicblock, build_op, mixed_sum
 
 __all__ = [
     "EDGES",
@@ -168,13 +168,7 @@ class _MixedOp(nn.Module):
         self.ops = nn.ModuleList(build_op(name, C, C, 1, **bn, **dd) for name in OP_NAMES)
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
-        out = None
-        for w, op in zip(weights.unbind(-1), self.ops):
-            if isinstance(op, Zero):  # contributes exactly 0 (and 0 gradient)
-                continue
-            term = w * op(x)
-            out = term if out is None else out + term
-        return out
+        return mixed_sum(x, weights, self.ops)
 
 
 class _SearchCell(nn.Module):

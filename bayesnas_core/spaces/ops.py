@@ -8,12 +8,13 @@ stand-alone network has exactly the benchmark's parameter count.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "mixed_sum",
     "OPS",
     "OP_NAMES",
     "PARAMETER_FREE_OPS",
@@ -172,3 +173,15 @@ def _conv3(C_in: int, C_out: int, stride: int, affine: bool = True, track_runnin
 def _pool(C_in: int, C_out: int, stride: int, affine: bool = True, track_running_stats: bool = True,
           device: torch.device | None = None, dtype: torch.dtype | None = None) -> nn.Module:
     return Pooling(C_in, C_out, stride, affine, track_running_stats, device, dtype)
+
+
+def mixed_sum(x: Tensor, weights: Tensor, ops: Sequence[nn.Module]) -> Tensor:
+    """One mixed edge: ``sum_o weights[..., o] * op_o(x)`` over the edge's ops, in order
+    (a :class:`Zero` op is skipped: it contributes exactly 0, and 0 gradient)."""
+    out = None
+    for w, op in zip(weights.unbind(-1), ops):
+        if isinstance(op, Zero):
+            continue
+        term = w * op(x)
+        out = term if out is None else out + term
+    return out
