@@ -184,9 +184,10 @@ class Distributed:
             return cls()
         missing = [v for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if not env.get(v)]
         if missing:
-            raise UserError(f"WORLD_SIZE is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
-                            "not: start data-parallel training with torchrun --nproc_per_node K -m "
-                            "bayesnas_core.run train ..., or unset WORLD_SIZE")
+            verb = "is" if len(missing) == 1 else "are"
+            raise UserError(f"WORLD_SIZE is set but {', '.join(missing)} {verb} not: start data-parallel "
+                            "training with torchrun --nproc_per_node K -m bayesnas_core.run train ..., "
+                            "or unset WORLD_SIZE")
         try:
             world, rank, local = int(env["WORLD_SIZE"]), int(env["RANK"]), int(env["LOCAL_RANK"])
             local_world = int(env.get("LOCAL_WORLD_SIZE") or 1)
@@ -227,9 +228,9 @@ class Distributed:
             return device
         count = torch.cuda.device_count()
         if self.local_rank >= count:
-            raise UserError(f"LOCAL_RANK {self.local_rank} needs cuda:{self.local_rank}, but this machine has "
-                            f"{count} CUDA device{'s' * (count != 1)}; pass torchrun --nproc_per_node {count} "
-                            "or fewer")
+            raise UserError(f"LOCAL_RANK {self.local_rank} needs cuda:{self.local_rank}, but this machine "
+                            f"has {count} CUDA device{'s' * (count != 1)}; pass torchrun --nproc_per_node "
+                            f"{count} or fewer")
         return f"cuda:{self.local_rank}"
 
     def record(self, batch_size: int, backend: str | None) -> dict[str, Any]:
@@ -365,8 +366,7 @@ def _replica_difference(ddp: Distributed, model: nn.Module, opt: torch.optim.Opt
     mine = torch.cat([t.reshape(-1) for t in tensors])
     ref = mine.clone()
     dist.broadcast(ref, src=0)
-    diff = (mine - ref).abs().max().reshape(1).double() if mine.numel() else torch.zeros(1, dtype=torch.float64,
-                                                                                             device=mine.device)
+    diff = torch.cat([(mine - ref).abs(), mine.new_zeros(1)]).max().reshape(1).double()
     return float(_all_reduce(ddp, diff, "max").item())
 
 
@@ -559,7 +559,8 @@ def _evaluate_sums(model: nn.Module, split: TensorSplit, batch_size: int) -> tor
     loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
     correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
     if len(split):
-        for x, y in BatchIterator(split, min(batch_size, len(split)), shuffle=False, drop_last=False).epoch(0):
+        batches = BatchIterator(split, min(batch_size, len(split)), shuffle=False, drop_last=False)
+        for x, y in batches.epoch(0):
             logits = model(x)
             loss += F.cross_entropy(logits, y, reduction="sum").double()
             correct += (logits.argmax(-1) == y).sum()

@@ -39,7 +39,7 @@ def _shipped_envs() -> dict[str, dict]:
         if path.name == "env.json":
             envs[rel] = json.loads(path.read_text())
         elif path.parent.name in ("bench",) or path.name in (
-                "ablation-mc.json", "ablation-tf.json", "proxy-study.json"):
+                "ablation-mc.json", "ablation-tf.json", "proxy-study.json", "reference.json"):
             envs[rel] = json.loads(path.read_text()).get("env", {})
     return envs
 
