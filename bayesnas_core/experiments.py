@@ -15,6 +15,7 @@ import copy
 import json
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -38,6 +39,10 @@ __all__ = [
     "mean_std",
     "table_markdown",
     "random_baseline",
+    "StudyUnit",
+    "run_serially",
+    "ablation_mc_units",
+    "ablation_tf_units",
     "ablation_mc",
     "ablation_tf",
     "rank_correlations",
@@ -520,26 +525,87 @@ def _with_threads(study: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+@dataclass(frozen=True)
+class StudyUnit:
+    """One independent search of a study (and what the study does with it): the key of its
+    entry in the study's ledger, the line logged when it starts, the folder name of its run
+    in a sweep (:mod:`~bayesnas_core.sweep`), its config, and ``work(cfg, *args, progress,
+    log, bench, resume)``, a module-level function (a Ray worker imports it) that runs the
+    unit and returns its JSON-ready ledger entry. ``resume`` is a run directory of this unit
+    to continue from its checkpoint (None: a new run under ``cfg.out``)."""
+
+    key: str
+    label: str
+    folder: str
+    cfg: RunConfig
+    work: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+
+
+#: ``runner(units, put, *, progress, log, bench)`` runs each unit and calls ``put(key,
+#: entry)`` as each finishes (in the calling process: the ledger has one writer)
+Runner = Callable[..., None]
+
+
+def run_serially(units: list[StudyUnit], put: Callable[[str, Any], None], *,
+                 progress: Progress = True, log: Callable[[str], None] = print,
+                 bench: Any = None) -> None:
+    """The serial :data:`Runner`: each unit in this process, one after the other."""
+    for unit in units:
+        log(unit.label)
+        put(unit.key, unit.work(unit.cfg, *unit.args, progress=progress, log=log, bench=bench))
+
+
+def _run_missing(units: list[StudyUnit], ledger: _Ledger, runner: Runner | None, *,
+                 progress: Progress, log: Callable[[str], None], bench: Any) -> None:
+    """Run the units the ledger lacks with ``runner`` (None: :func:`run_serially`), then
+    keep the ledger's entries in the units' order (as a serial study writes them)."""
+    todo = [u for u in units if ledger.get(u.key) is None]
+    if todo:
+        (runner or run_serially)(todo, ledger.put, progress=progress, log=log, bench=bench)
+    done = ledger.data["done"]
+    ordered = {u.key: done[u.key] for u in units if u.key in done}
+    ordered.update((k, v) for k, v in done.items() if k not in ordered)
+    if list(ordered) != list(done):  # units that finished out of order (a sweep)
+        ledger.data["done"] = ordered
+        atomic_write_json(ledger.path, ledger.data)
+
+
+def _mc_search(cfg: RunConfig, *, progress: Progress = True, log: Callable[[str], None] = print,
+               bench: Any = None, resume: str | Path | None = None) -> dict[str, Any]:
+    """An ablation-mc unit: one search, its ledger summary."""
+    return _summary_of(run_search(None if resume is not None else cfg, resume=resume,
+                                  progress=progress, log=log, bench=bench))
+
+
+def ablation_mc_units(cfg: RunConfig, mcs: list[int], seeds: list[int]) -> list[StudyUnit]:
+    """The searches of :func:`ablation_mc`: BaLeNAS for each M and seed, then DARTS per seed."""
+    jobs = [(f"balenas-m{m}-s{s}", "balenas", m, s) for m in mcs for s in seeds]
+    jobs += [(f"darts-s{s}", "darts", 1, s) for s in seeds]
+    units = []
+    for key, method, m, seed in jobs:
+        run_cfg = copy.deepcopy(cfg)
+        run_cfg.seed, run_cfg.search.method, run_cfg.search.mc_samples = seed, method, m
+        run_cfg.select.method = "argmax"
+        units.append(StudyUnit(key, f"[ablation-mc] {key}", f"ablation-mc-{key}", run_cfg, _mc_search))
+    return units
+
+
 @_with_threads
 def ablation_mc(cfg: RunConfig, mcs: list[int], seeds: list[int], *, results_dir: str | Path,
                 command: str = "", progress: Progress = True, log: Callable[[str], None] = print,
-                bench: Any = None) -> dict[str, Any]:
-    """The seed's Table 5: BaLeNAS for each M and seed, plus Random and DARTS rows."""
+                bench: Any = None, runner: Runner | None = None) -> dict[str, Any]:
+    """The seed's Table 5: BaLeNAS for each M and seed, plus Random and DARTS rows.
+
+    ``runner`` runs the searches the ledger lacks (None: :func:`run_serially`; a sweep
+    passes :class:`~bayesnas_core.sweep.RayRunner`); the table is built from the ledger."""
     results_dir = Path(results_dir)
     bench = bench if bench is not None else open_benchmark(cfg.nb201_file)
     metrics = _metrics_of(bench)
     ledger = _Ledger(results_dir / "ablation-mc.ledger.json",
                      {"config": to_dict(cfg), "mcs": mcs, "seeds": seeds})
-    jobs = [(f"balenas-m{m}-s{s}", "balenas", m, s) for m in mcs for s in seeds]
-    jobs += [(f"darts-s{s}", "darts", 1, s) for s in seeds]
-    for key, method, m, seed in jobs:
-        if ledger.get(key) is not None:
-            continue
-        log(f"[ablation-mc] {key}")
-        run_cfg = copy.deepcopy(cfg)
-        run_cfg.seed, run_cfg.search.method, run_cfg.search.mc_samples = seed, method, m
-        run_cfg.select.method = "argmax"
-        ledger.put(key, _summary_of(run_search(run_cfg, progress=progress, log=log, bench=bench)))
+    _run_missing(ablation_mc_units(cfg, mcs, seeds), ledger, runner, progress=progress, log=log,
+                 bench=bench)
     order = cfg.search.order
     rows = [_row(f"M = {m}", [ledger.get(f"balenas-m{m}-s{s}") for s in seeds], metrics)
             for m in mcs]
@@ -553,58 +619,78 @@ def ablation_mc(cfg: RunConfig, mcs: list[int], seeds: list[int], *, results_dir
                         {"config": to_dict(cfg), "seeds": seeds, "runs": ledger.data["done"]})
 
 
-@_with_threads
-def ablation_tf(cfg: RunConfig, proxies: list[str], samples: list[int], seeds: list[int], *,
-                results_dir: str | Path, command: str = "", progress: Progress = True,
-                log: Callable[[str], None] = print, bench: Any = None) -> dict[str, Any]:
-    """The seed's Table 4: BaLeNAS argmax vs BaLeNAS-TF with each proxy and K.
-
-    One BaLeNAS search per seed; then ``max(samples)`` cells are drawn once from its
-    N(mu, sigma^2) and each K uses the first K draws, so the candidate sets are nested.
-    """
+def _tf_search(cfg: RunConfig, proxies: list[str], samples: list[int], *,
+               progress: Progress = True, log: Callable[[str], None] = print, bench: Any = None,
+               resume: str | Path | None = None) -> dict[str, Any]:
+    """An ablation-tf unit: one BaLeNAS search, then ``max(samples)`` cells drawn once from
+    its N(mu, sigma^2), scored by each proxy; each K takes the best of the first K draws."""
     from tqdm.auto import tqdm
 
     from .select import sample_archs, score_archs, unique_networks
 
+    bench = bench if bench is not None else open_benchmark(cfg.nb201_file)
+    seed, sel = cfg.seed, cfg.select
+    data = load_data(cfg)
+    record = run_search(None if resume is not None else cfg, resume=resume, progress=progress,
+                        log=log, bench=bench, data=data)
+    mu, sigma = torch.tensor(record["mu"]), torch.tensor(record["sigma"])
+    draws = sample_archs(mu, sigma, max(samples),
+                         torch.Generator().manual_seed(seed + TF_SEED_OFFSET))
+    batch = proxy_batch(data, cfg.data.batch_size)
+    entry: dict[str, Any] = {"argmax": _summary_of(record), "tf": {}}
+    pool = unique_networks(draws)
+    for proxy in proxies:
+        scored = score_archs(pool, proxy=proxy, num_classes=data.num_classes,
+                             in_channels=data.in_channels, image_size=data.image_size,
+                             batch=batch, C=sel.C, N=sel.N, device=cfg.device,
+                             init_seed=seed,
+                             progress=lambda xs: tqdm(xs, desc=f"{proxy} s{seed}", leave=False,
+                                                      disable=progress is not True))
+        score_of = {c.arch.canonical: c.score for c in scored}
+        for k in samples:
+            cands = unique_networks(draws[:k])
+            best = max(cands, key=lambda a: score_of[a.canonical])
+            gt = bench.query(str(best))
+            entry["tf"][f"{proxy}-{k}"] = {
+                "arch": str(best), "metrics": dict(gt.metrics), "distinct": len(cands),
+                "score": score_of[best.canonical], "hessian_eig": None,
+                "parameter_free_ops": best.num_parameter_free}
+    return entry
+
+
+def ablation_tf_units(cfg: RunConfig, proxies: list[str], samples: list[int],
+                      seeds: list[int]) -> list[StudyUnit]:
+    """The units of :func:`ablation_tf`: one BaLeNAS search (and its TF scoring) per seed."""
+    units = []
+    for seed in seeds:
+        run_cfg = copy.deepcopy(cfg)
+        run_cfg.seed, run_cfg.search.method, run_cfg.select.method = seed, "balenas", "argmax"
+        units.append(StudyUnit(f"s{seed}", f"[ablation-tf] BaLeNAS search, seed {seed}",
+                               f"ablation-tf-s{seed}", run_cfg, _tf_search,
+                               (list(proxies), list(samples))))
+    return units
+
+
+@_with_threads
+def ablation_tf(cfg: RunConfig, proxies: list[str], samples: list[int], seeds: list[int], *,
+                results_dir: str | Path, command: str = "", progress: Progress = True,
+                log: Callable[[str], None] = print, bench: Any = None,
+                runner: Runner | None = None) -> dict[str, Any]:
+    """The seed's Table 4: BaLeNAS argmax vs BaLeNAS-TF with each proxy and K.
+
+    One BaLeNAS search per seed; then ``max(samples)`` cells are drawn once from its
+    N(mu, sigma^2) and each K uses the first K draws, so the candidate sets are nested.
+    ``runner`` runs the seeds the ledger lacks (None: :func:`run_serially`); the table is
+    built from the ledger.
+    """
     results_dir = Path(results_dir)
     bench = bench if bench is not None else open_benchmark(cfg.nb201_file)
     metrics = _metrics_of(bench)
     ledger = _Ledger(results_dir / "ablation-tf.ledger.json",
                      {"config": to_dict(cfg), "proxies": proxies, "samples": samples,
                       "seeds": seeds})
-    sel = cfg.select
-    for seed in seeds:
-        key = f"s{seed}"
-        if ledger.get(key) is not None:
-            continue
-        log(f"[ablation-tf] BaLeNAS search, seed {seed}")
-        run_cfg = copy.deepcopy(cfg)
-        run_cfg.seed, run_cfg.search.method, run_cfg.select.method = seed, "balenas", "argmax"
-        data = load_data(run_cfg)
-        record = run_search(run_cfg, progress=progress, log=log, bench=bench, data=data)
-        mu, sigma = torch.tensor(record["mu"]), torch.tensor(record["sigma"])
-        draws = sample_archs(mu, sigma, max(samples),
-                             torch.Generator().manual_seed(seed + TF_SEED_OFFSET))
-        batch = proxy_batch(data, cfg.data.batch_size)
-        entry: dict[str, Any] = {"argmax": _summary_of(record), "tf": {}}
-        pool = unique_networks(draws)
-        for proxy in proxies:
-            scored = score_archs(pool, proxy=proxy, num_classes=data.num_classes,
-                                 in_channels=data.in_channels, image_size=data.image_size,
-                                 batch=batch, C=sel.C, N=sel.N, device=cfg.device,
-                                 init_seed=seed,
-                                 progress=lambda xs: tqdm(xs, desc=f"{proxy} s{seed}", leave=False,
-                                                          disable=progress is not True))
-            score_of = {c.arch.canonical: c.score for c in scored}
-            for k in samples:
-                cands = unique_networks(draws[:k])
-                best = max(cands, key=lambda a: score_of[a.canonical])
-                gt = bench.query(str(best))
-                entry["tf"][f"{proxy}-{k}"] = {
-                    "arch": str(best), "metrics": dict(gt.metrics), "distinct": len(cands),
-                    "score": score_of[best.canonical], "hessian_eig": None,
-                    "parameter_free_ops": best.num_parameter_free}
-        ledger.put(key, entry)
+    _run_missing(ablation_tf_units(cfg, proxies, samples, seeds), ledger, runner,
+                 progress=progress, log=log, bench=bench)
     rows = [_row("BaLeNAS", [ledger.get(f"s{s}")["argmax"] for s in seeds], metrics)]
     for proxy in proxies:
         for k in samples:

@@ -9,6 +9,7 @@ Commands:
 - ``export RUN_DIR... --to DIR``: copy finished runs' records into a results folder.
 - ``proxies``: rank correlation of each zero-cost proxy with NB201 accuracy.
 - ``train --arch ARCH``: train one cell's stand-alone network from scratch (:mod:`.train`).
+- ``sweep ablation-mc|ablation-tf ... --backend ray``: a study's searches as Ray tasks (:mod:`.sweep`).
 
 ``--help`` before any command lists them all (:func:`overview`).
 
@@ -274,6 +275,78 @@ def _cmd_ablation_tf(argv: Sequence[str]) -> int:
                       args.samples, args.seeds)
 
 
+def _cmd_sweep(argv: Sequence[str]) -> int:
+    from .sweep import BACKENDS, STUDIES, import_ray, sweep
+
+    studies = ", ".join(STUDIES)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m bayesnas_core.run sweep {" + ",".join(STUDIES) + "} [the study's "
+              "options] [--backend {serial,ray}] [--address ADDR] [--num-cpus N] "
+              "[--gpus-per-task N] [--max-retries N]\n\nRun a study's independent searches as "
+              "Ray tasks (one per search: a GPU each on --device cuda, else --threads CPUs, 1 by "
+              "default), into the same ledger and tables as the serial command. "
+              f"Studies: {studies}. `sweep STUDY --help` lists a study's options.")
+        return 0
+    study, rest = argv[0], argv[1:]
+    if study not in STUDIES:
+        raise UserError(f"unknown study {study!r}; sweep one of: {studies} "
+                        "(see: python -m bayesnas_core.run sweep --help)")
+
+    class SweepParser(_Parser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise UserError(f"{message} (see: python -m bayesnas_core.run sweep {study} --help)")
+
+    table = f"{study}.md"
+    p = SweepParser(prog=f"python -m bayesnas_core.run sweep {study}",
+                    description=f"The {study} study (the same options as `{study}`), its searches "
+                    "run as Ray tasks with --backend ray, into the same ledger and tables.")
+    _add_config_flags(p)
+    p.add_argument("--results", default=f"runs/{study}", help="folder for the study's outputs (md + json)")
+    if study == "ablation-mc":
+        p.add_argument("--mc", type=int, nargs="+", default=[1, 2, 3, 4], help="values of M")
+    else:
+        _add_proxies(p)
+        p.add_argument("--samples", type=int, nargs="+", default=[10, 50, 100], help="values of K")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    g = p.add_argument_group("sweep settings")
+    g.add_argument("--backend", choices=BACKENDS, default="serial",
+                   help="serial: the serial command's code path (default); ray: one Ray task per search")
+    g.add_argument("--address", help="a Ray cluster: auto (the one `ray start` began here) or "
+                   "ray://HOST:10001 (default: a local Ray instance)")
+    g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: the machine's)")
+    g.add_argument("--gpus-per-task", type=float, help="GPUs per task with --device cuda (default 1; "
+                   "a fraction shares a GPU)")
+    g.add_argument("--max-retries", type=int, help="re-runs of a task whose worker died, each "
+                   "continuing from the search's checkpoint (default 3)")
+    args = p.parse_args(rest)
+    device = getattr(args, "device") or get_preset(args.preset).device
+    remote_cuda = args.backend == "ray" and str(device).startswith("cuda")
+    if remote_cuda:  # the GPUs are the Ray workers' (checked there), not necessarily this machine's
+        setattr(args, "device", "cpu")
+    cfg = build_config(args)
+    if remote_cuda:
+        cfg.device = device
+    ray_only = [flag for flag, value in (("--address", args.address), ("--num-cpus", args.num_cpus),
+                                         ("--gpus-per-task", args.gpus_per_task),
+                                         ("--max-retries", args.max_retries)) if value is not None]
+    if args.backend == "serial" and ray_only:
+        raise UserError(f"{', '.join(ray_only)} only apply to --backend ray")
+    if args.backend == "ray":
+        import_ray()  # a missing extra: one line, before any folder
+    if study == "ablation-mc":
+        _check_at_least(1, "--mc", args.mc)
+        study_args: tuple[Any, ...] = (args.mc, args.seeds)
+    else:
+        _check_proxies(args.proxies)
+        _check_at_least(1, "--samples", args.samples)
+        study_args = (args.proxies, args.samples, args.seeds)
+    ray_kw = {} if args.backend == "serial" else {
+        "address": args.address, "num_cpus": args.num_cpus, "gpus_per_task": args.gpus_per_task,
+        **({} if args.max_retries is None else {"max_retries": args.max_retries})}
+    return _run_study("sweep", table, args, argv, sweep, study, cfg, *study_args,
+                      backend=args.backend, **ray_kw)
+
+
 def _cmd_proxies(argv: Sequence[str]) -> int:
     from .experiments import proxy_study
 
@@ -485,6 +558,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _cmd_train,
     "reference": _cmd_reference,
     "compare": _cmd_compare,
+    "sweep": _cmd_sweep,
 }
 
 #: one line per command for the top-level help
@@ -499,6 +573,7 @@ SUMMARIES = {
     "train": "train one NB201 cell's stand-alone network from scratch (recipes: cpu, nb201)",
     "reference": "the Fashion-MNIST reference: a stratified sample of cells trained, vs CIFAR-10",
     "compare": "the methods of an exported study on the same seeds, with paired differences",
+    "sweep": "ablation-mc or ablation-tf with each search a Ray task (--backend ray), same tables",
 }
 
 

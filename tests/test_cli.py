@@ -186,7 +186,7 @@ def test_top_level_help_lists_every_command() -> None:
     assert proc.returncode == 0 and proc.stderr == ""
     listed = [ln.split()[0] for ln in proc.stdout.splitlines() if ln.startswith("  ")]
     assert listed == ["search", "lookup", "export", "ablation-mc", "ablation-tf", "proxies", "regime",
-                      "train", "reference", "compare"]
+                      "train", "reference", "compare", "sweep"]
     assert "COMMAND --help" in proc.stdout
 
 

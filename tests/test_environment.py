@@ -18,7 +18,7 @@ from bayesnas_core.paths import lesson_runs_dir
 ROOT = Path(__file__).resolve().parent.parent
 
 # conda-forge name -> PyPI name, where they differ
-CONDA_TO_PYPI = {"pytorch": "torch"}
+CONDA_TO_PYPI = {"pytorch": "torch", "ray-core": "ray"}
 # conda entries that are the interpreter and the installer, not dependencies of the package
 CONDA_TOOLING = {"python", "pip"}
 
