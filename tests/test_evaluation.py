@@ -102,10 +102,13 @@ def test_reference_trains_each_cell_once_resumes_and_correlates(tmp_path, bench,
                            include_seeds=[0, 1], results_dir=tmp_path / "ref", progress=False,
                            log=lambda s: None, bench=bench)
     ledger = json.loads((tmp_path / "ref" / "reference.ledger.json").read_text())["done"]
-    assert len(ledger) == 3 + 2 + 2
+    assert len(ledger) == 3 + 2 + 2  # 3 strata, 2 anchors, the picked cell at seeds 0 and 1
     row = next(r for r in out["rows"] if r["arch"] == picked)
     assert row["seeds"] == [0, 1] and row["picked"] == 2 and not row["in_sample"]
-    assert out["spearman_sample"]["n"] == 5 and math.isfinite(out["spearman_sample"]["spearman"])
+    extra = [a for a in (ALL_SKIP, bench.best(METRIC).arch_str) if a not in stratified_cells(bench, 3, 0)]
+    assert out["spearman_sample"]["n"] == 3 and out["spearman_all"]["n"] == 3 + len(extra) + 1
+    assert math.isfinite(out["spearman_sample"]["spearman"])
+    assert [r["arch"] for r in out["rows"] if r["anchor"]] == sorted(extra, key=lambda a: bench.query(a).metrics[METRIC])
     import bayesnas_core.train as train
 
     monkeypatch.setattr(train, "run_train", lambda *a, **k: pytest.fail("trained again"))
