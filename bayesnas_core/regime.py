@@ -11,7 +11,8 @@ paper's NB201 setting: 50 epochs of 25,000 / 64 steps at arch lr 3e-4, N = 25,00
 - ``ns_over_lambda``: the mean of ``N s / lambda``, the likelihood's precision against
   the prior's in the posterior precision ``N s + lambda``: near 0, sigma is the prior's;
 - ``mu_spread_over_sigma``: the spread of mu across an edge's ops (population std,
-  averaged over edges) over the mean sigma: below 1, samples of alpha are nearly random;
+  averaged over edges) over the mean sigma: below 1, sigma is as large as mu's
+  differences and a draw often leaves the argmax; near 0, draws are nearly random;
 - ``draw_matches_argmax``: how often an op drawn from N(mu, sigma^2) (argmax of one
   sample per edge) is the edge's argmax(mu): 1/5 is a uniform draw, 1 a point mass;
 - ``train_valid_gap``: the supernet's train minus valid accuracy in the epoch: a large
