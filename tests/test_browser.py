@@ -154,6 +154,13 @@ def test_a_student_runs_the_lesson_and_moves_a_slider(lab, browser, lesson) -> N
                   "return s && s[0] === 'idle' && s[1] === 0 ? s : null;", RUN_TIMEOUT_S,
                   "every cell to run")
     assert state[2] == 0, f"{state[2]} cells of {lesson} ended in an error"
+    # run-all leaves the view at the last cell, and JupyterLab lays out only the cells near the
+    # view: bring the panel's cell (the one calling LESSONS[lesson]) to the middle first
+    browser.execute_script(
+        "const nb = window.jupyterapp.shell.currentWidget.content;"
+        "const i = nb.widgets.findIndex(c => c.model.sharedModel.getSource().includes(arguments[0]));"
+        "nb.activeCellIndex = i; return nb.scrollToItem(i, 'center');", LESSONS[lesson])
+    time.sleep(2)
     # the panel: its first slider handle and its picture
     panel = _wait(browser, "return document.querySelector('.jp-OutputArea-output .widget-vbox .noUi-handle') "
                   "? true : null;", 60, "the widget panel's slider")
@@ -166,9 +173,15 @@ def test_a_student_runs_the_lesson_and_moves_a_slider(lab, browser, lesson) -> N
     before_src = img.get_attribute("src")
     assert before_src and img.get_attribute("naturalWidth") not in (None, "0"), "the panel drew no picture"
     browser.save_screenshot(str(shots / f"lesson{stem}-panel-before.png"))
-    handle.click()
+    # the handle can be laid out a moment after scrolling (JupyterLab renders cells lazily):
+    # find it again and wait until it has a size before the keyboard reaches it
+    _wait(browser, "const h = document.querySelector('.jp-OutputArea-output .widget-vbox .noUi-handle');"
+          "const r = h && h.getBoundingClientRect(); return r && r.width > 0 && r.height > 0 ? true : null;",
+          60, "the slider handle to be laid out")
+    handle = browser.find_element(By.CSS_SELECTOR, ".jp-OutputArea-output .widget-vbox .noUi-handle")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", handle)
     for _ in range(8):
-        handle.send_keys(Keys.ARROW_RIGHT)
+        browser.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
     _wait(browser, "return arguments[0].src !== arguments[1] ? true : null;".replace(
         "arguments[0]", "document.querySelector('.jp-OutputArea-output .widget-vbox img')").replace(
         "arguments[1]", repr(before_src)), 90, "the panel's picture to change after the slider moved")
