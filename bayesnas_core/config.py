@@ -24,7 +24,6 @@ __all__ = [
     "PRESETS",
     "get_preset",
     "config_from_dict",
-    "METHODS",
     "SELECTORS",
     "check_device",
     "FLAGS",
@@ -37,7 +36,6 @@ __all__ = [
     "config_differences",
 ]
 
-METHODS = ("darts", "balenas")
 SELECTORS = ("argmax", "synflow", "snip", "grasp")
 
 
