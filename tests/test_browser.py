@@ -111,13 +111,13 @@ def _screenshots() -> Path:
 
 
 def _wait(driver, script: str, timeout: float, what: str):
-    end = time.time() + timeout
+    end, value = time.time() + timeout, None
     while time.time() < end:
         value = driver.execute_script(script)
         if value:
             return value
         time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last seen: {value!r})")
 
 
 #: the current notebook's state: (kernel status, cells without an execution count, errors)
@@ -150,9 +150,14 @@ def test_a_student_runs_the_lesson_and_moves_a_slider(lab, browser, lesson) -> N
                            ".catch(() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs'));")
     browser.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells');")
     time.sleep(3)
-    state = _wait(browser, f"const s = (function() {{ {STATE_JS} }})();"
-                  "return s && s[0] === 'idle' && s[1] === 0 ? s : null;", RUN_TIMEOUT_S,
-                  "every cell to run")
+    try:
+        state = _wait(browser, f"const s = (function() {{ {STATE_JS} }})();"
+                      "return s && s[0] === 'idle' && s[1] === 0 ? s : null;", RUN_TIMEOUT_S,
+                      "every cell to run")
+    except AssertionError as err:
+        now = browser.execute_script(f"return (function() {{ {STATE_JS} }})();")
+        browser.save_screenshot(str(shots / f"lesson{stem}-timeout.png"))
+        raise AssertionError(f"{err}; state now (kernel, pending, errors, cells): {now}") from None
     assert state[2] == 0, f"{state[2]} cells of {lesson} ended in an error"
     # run-all leaves the view at the last cell, and JupyterLab lays out only the cells near the
     # view: bring the panel's cell (the one calling LESSONS[lesson]) to the middle first
@@ -161,32 +166,35 @@ def test_a_student_runs_the_lesson_and_moves_a_slider(lab, browser, lesson) -> N
         "const i = nb.widgets.findIndex(c => c.model.sharedModel.getSource().includes(arguments[0]));"
         "nb.activeCellIndex = i; return nb.scrollToItem(i, 'center');", LESSONS[lesson])
     time.sleep(2)
-    # the panel: its first slider handle and its picture
-    panel = _wait(browser, "return document.querySelector('.jp-OutputArea-output .widget-vbox .noUi-handle') "
-                  "? true : null;", 60, "the widget panel's slider")
-    assert panel
-    handle = browser.find_element(By.CSS_SELECTOR, ".jp-OutputArea-output .widget-vbox .noUi-handle")
-    box = handle.find_element(By.XPATH, "ancestor::div[contains(@class,'jp-OutputArea-output')][1]")
-    img = box.find_element(By.CSS_SELECTOR, "img")
+    # the panel: its slider handle and its picture, looked up inside the panel's own cell (the
+    # lesson opened before is still open in a hidden tab, so a document-wide query can find its
+    # panel, which has no size)
+    cell = "(function() { const nb = window.jupyterapp.shell.currentWidget.content;" \
+           "const c = nb.widgets.find(c => c.model.sharedModel.getSource().includes(%r));" \
+           "return c ? c.node : null; })()" % LESSONS[lesson]
+    _wait(browser, f"const n = {cell}; return n && n.querySelector('.widget-vbox .noUi-handle') "
+          "&& n.querySelector('.widget-vbox img') ? true : null;", 60, "the widget panel's slider and picture")
+    box = browser.execute_script(f"return {cell}.querySelector('.widget-vbox');")
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
     time.sleep(1)
+    img = box.find_element(By.CSS_SELECTOR, "img")
     before_src = img.get_attribute("src")
     assert before_src and img.get_attribute("naturalWidth") not in (None, "0"), "the panel drew no picture"
     browser.save_screenshot(str(shots / f"lesson{stem}-panel-before.png"))
     # the handle can be laid out a moment after scrolling (JupyterLab renders cells lazily):
-    # find it again and wait until it has a size before the keyboard reaches it
-    _wait(browser, "const h = document.querySelector('.jp-OutputArea-output .widget-vbox .noUi-handle');"
+    # wait until it has a size before the keyboard reaches it
+    _wait(browser, f"const h = {cell}.querySelector('.widget-vbox .noUi-handle');"
           "const r = h && h.getBoundingClientRect(); return r && r.width > 0 && r.height > 0 ? true : null;",
           60, "the slider handle to be laid out")
-    handle = browser.find_element(By.CSS_SELECTOR, ".jp-OutputArea-output .widget-vbox .noUi-handle")
+    handle = browser.execute_script(f"return {cell}.querySelector('.widget-vbox .noUi-handle');")
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", handle)
     for _ in range(8):
         browser.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
-    _wait(browser, "return arguments[0].src !== arguments[1] ? true : null;".replace(
-        "arguments[0]", "document.querySelector('.jp-OutputArea-output .widget-vbox img')").replace(
-        "arguments[1]", repr(before_src)), 90, "the panel's picture to change after the slider moved")
+    _wait(browser, f"const i = {cell}.querySelector('.widget-vbox img');"
+          f"return i && i.src !== {before_src!r} ? true : null;", 90,
+          "the panel's picture to change after the slider moved")
     time.sleep(1)
-    after = browser.find_element(By.CSS_SELECTOR, ".jp-OutputArea-output .widget-vbox img")
+    after = browser.execute_script(f"return {cell}.querySelector('.widget-vbox img');")
     assert after.get_attribute("src") != before_src
     assert after.get_attribute("naturalWidth") not in (None, "0")
     browser.save_screenshot(str(shots / f"lesson{stem}-panel-after.png"))
