@@ -25,6 +25,7 @@ softmax is the caller's, see ``spaces/base.py``) and holds no architecture param
 
 from __future__ import annotations
 
+import abc
 import ast
 import collections
 from typing import Any, Callable, Mapping, Sequence
@@ -460,8 +461,9 @@ class _AuxiliaryHead(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-class _EvalNetwork(nn.Module):
-    """The cells, auxiliary head and classifier shared by the CIFAR and ImageNet networks."""
+class _EvalNetwork(nn.Module, abc.ABC):
+    """The cells, auxiliary head and classifier shared by the CIFAR and ImageNet networks;
+    each of them provides its own stems."""
 
     def _build_cells(self, genotype: Genotype, C: int, N: int, num_classes: int, C_stem: int,
                      reduction_prev: bool, auxiliary: bool, imagenet: bool, dd: dict) -> None:
@@ -485,8 +487,9 @@ class _EvalNetwork(nn.Module):
                            bn_768=not imagenet, dd=dd) if auxiliary else None)
         self.classifier = nn.Linear(C_prev, num_classes, **dd)
 
+    @abc.abstractmethod
     def _stems(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """The first two cell inputs (s0, s1) from the images."""
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """Logits; ``(logits, logits_aux)`` in training mode with the auxiliary head."""
