@@ -161,17 +161,14 @@ def test_a_student_runs_the_lesson_and_moves_a_slider(lab, browser, lesson) -> N
     assert state[2] == 0, f"{state[2]} cells of {lesson} ended in an error"
     # run-all leaves the view at the last cell, and JupyterLab lays out only the cells near the
     # view: bring the panel's cell (the one calling LESSONS[lesson]) to the middle first
-    browser.execute_script(
-        "const nb = window.jupyterapp.shell.currentWidget.content;"
-        "const i = nb.widgets.findIndex(c => c.model.sharedModel.getSource().includes(arguments[0]));"
-        "nb.activeCellIndex = i; return nb.scrollToItem(i, 'center');", LESSONS[lesson])
+    nb = "window.jupyterapp.shell.currentWidget.content"
+    index = f"{nb}.widgets.findIndex(c => c.model.sharedModel.getSource().includes({LESSONS[lesson]!r}))"
+    browser.execute_script(f"const i = {index}; {nb}.activeCellIndex = i; return {nb}.scrollToItem(i, 'center');")
     time.sleep(2)
     # the panel: its slider handle and its picture, looked up inside the panel's own cell (the
     # lesson opened before is still open in a hidden tab, so a document-wide query can find its
     # panel, which has no size)
-    cell = "(function() { const nb = window.jupyterapp.shell.currentWidget.content;" \
-           "const c = nb.widgets.find(c => c.model.sharedModel.getSource().includes(%r));" \
-           "return c ? c.node : null; })()" % LESSONS[lesson]
+    cell = f"(function() {{ const c = {nb}.widgets[{index}]; return c ? c.node : null; }})()"
     _wait(browser, f"const n = {cell}; return n && n.querySelector('.widget-vbox .noUi-handle') "
           "&& n.querySelector('.widget-vbox img') ? true : null;", 60, "the widget panel's slider and picture")
     box = browser.execute_script(f"return {cell}.querySelector('.widget-vbox');")
