@@ -6,7 +6,7 @@ drawn and augmented as in a search) on three paths, side by side, in one process
 - ``plain``: unfused cells, one forward/backward per Monte-Carlo sample,
   ``torch.optim`` and Python floats (:func:`~bayesnas_core.search.search_step`);
 - ``fast``: :class:`~bayesnas_core.engine.StepEngine` run eagerly (folded cells, the M
-  samples in one batched pass, statistics kept on the device);
+  samples in one batched pass in first order, statistics kept on the device);
 - ``graph``: the same engine replayed as one CUDA graph per step (CUDA only);
 - ``graph-conv`` (opt-in): ``graph`` with ``cell_impl="conv"`` (1x1 and 3x3 convolutions
   apart, cuDNN BatchNorm, the mixing as a grouped 1x1 convolution; CUDA only);
@@ -14,7 +14,8 @@ drawn and augmented as in a search) on three paths, side by side, in one process
   their ``elementwise`` form (inductor fuses the mixing with the BatchNorm and the sums;
   eager engine on a CPU); its first step includes the compilation.
 
-for DARTS and for BaLeNAS with each M. Reports ms per step, seconds per epoch and the
+for DARTS and for BaLeNAS with each M, in first order and (``--order 2``, or ``1 2`` side by
+side) in DARTS's second order. Reports ms per step, seconds per epoch and the
 projected minutes for 50 epochs, with the device and versions, and writes JSON to
 ``assets/bench/``. On the CPU it runs at lesson scale (``--preset default``); on CUDA use
 ``--preset nb201-paper`` (C=16, N=5, batch 64, 25,000 / 25,000 split).
@@ -77,6 +78,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         speed = next((v for k, v in r.items() if k.startswith("speedup_vs_")), 1.0)
         ops = f"  {r['kernel_ops_per_step']} ops" if "kernel_ops_per_step" in r else ""
         where = f"threads {r['threads']} load {r['load']} " if "threads" in r else ""
+        where = (f"order {r['order']} " if "order" in r else "") + where
         lines.append(f"  {r['method']:8s} {m:4s} {r['path']:10s} {where}{r['ms_per_step']:8.1f} ms/step "
                      f"{r[f'projected_min_{epochs}_epochs']:7.1f} min/{epochs} epochs  x{speed:.1f}{ops}")
     return lines
@@ -116,7 +118,8 @@ def make_step(cfg: RunConfig, path: str, *, num_classes: int, in_channels: int, 
     arch = build_arch_update(cfg, model, train_size, torch.Generator(device=device).manual_seed(cfg.seed))
     if fast:
         engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=s.grad_clip,
-                            cuda_graph=path != "fast" and device.type == "cuda")
+                            cuda_graph=path != "fast" and device.type == "cuda", order=s.order,
+                            unrolled_eps=s.unrolled_eps)
         return lambda: engine.step(next(train), next(valid))
     return lambda: search_step(model, w_opt, arch, next(train), next(valid), grad_clip=s.grad_clip)
 
@@ -200,14 +203,16 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
                   epochs: int = 50, log: Callable[[str], None] = print,
                   on_row: Callable[[dict[str, Any]], None] | None = None,
                   threads: Sequence[int] | None = None,
-                  loads: Sequence[int] = (0,)) -> dict[str, Any]:
+                  loads: Sequence[int] = (0,), orders: Sequence[int] = (1,)) -> dict[str, Any]:
     """Every path for DARTS and BaLeNAS(M); returns a JSON-ready report.
 
     ``plain_steps`` (default ``steps``) times the slow baseline with fewer steps;
     ``on_row(report)`` receives the report so far after every row (to save it as it grows).
     ``threads`` (default: the current count) and ``loads`` (numbers of other busy
     processes, :func:`busy_processes`) repeat the whole table for each combination, in
-    one process, so a thread policy is measured idle and loaded side by side."""
+    one process, so a thread policy is measured idle and loaded side by side; so do
+    ``orders`` (1: first-order steps, 2: DARTS's unrolled steps), so that second order is
+    timed beside first order. Every row records its threads, load and order."""
     from .threads import torch_threads
 
     rows: list[dict[str, Any]] = []
@@ -218,13 +223,17 @@ def run_benchmark(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int
             picks[str(load)] = default_threads()  # what the policy picks under this load
             log(f"load {load}: the thread policy picks {picks[str(load)]}")
             for t in (threads or [torch.get_num_threads()]):
-                with torch_threads(t):
-                    report = _run_table(cfg, mcs=mcs, steps=steps, warmup=warmup,
-                                        num_classes=num_classes, in_channels=in_channels,
-                                        image_size=image_size, train_size=train_size, paths=paths,
-                                        plain_steps=plain_steps, epochs=epochs, log=log,
-                                        on_row=on_row, rows=rows, tag={"threads": t, "load": load})
+                for order in orders:
+                    c = copy.deepcopy(cfg)
+                    c.search.order = order
+                    with torch_threads(t):
+                        report = _run_table(c, mcs=mcs, steps=steps, warmup=warmup,
+                                            num_classes=num_classes, in_channels=in_channels,
+                                            image_size=image_size, train_size=train_size, paths=paths,
+                                            plain_steps=plain_steps, epochs=epochs, log=log, on_row=on_row,
+                                            rows=rows, tag={"threads": t, "load": load, "order": order})
     report["config"]["threads"], report["config"]["loads"] = list(threads or []), list(loads)
+    report["config"]["orders"] = list(orders)
     report["config"]["policy_threads"] = picks  # load -> the count default_threads() chose
     return report
 
@@ -282,7 +291,7 @@ def _run_table(cfg: RunConfig, *, mcs: Sequence[int], steps: int, warmup: int,
             rows.append(row)
             if on_row is not None:
                 on_row(report)
-            log(f"{method:8s} M={m}  {path:5s} threads {tag['threads']} load {tag['load']}  "
+            log(f"{method:8s} M={m}  {path:5s} order {tag['order']} threads {tag['threads']} load {tag['load']}  "
                 f"{ms:8.2f} ms/step  {row['s_per_epoch']:7.1f} s/epoch  "
                 f"{row[f'projected_min_{epochs}_epochs']:7.2f} min/{epochs} epochs  "
                 f"(first step {t['first_step_s']:.2f} s)")
@@ -294,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--preset", default=None, help="default (CPU) or nb201-paper (CUDA)")
     p.add_argument("--device", default=None)
     p.add_argument("--mc", type=int, nargs="+", default=[1, 3])
+    p.add_argument("--order", type=int, nargs="+", default=[1], choices=(1, 2),
+                   help="1: first-order steps; 2: DARTS's unrolled steps (architecture step first); "
+                        "1 2: both, side by side")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--plain-steps", type=int, default=None, help="fewer timed steps for the plain path")
     p.add_argument("--warmup", type=int, default=3)
@@ -314,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         preset = args.preset or ("nb201-paper" if device.startswith("cuda") else "default")
         cfg = get_preset(preset)
         cfg.device = device
-        path = Path(args.out) / f"bench-{dev}-{preset}-{stamp}.json"
+        order = "" if args.order == [1] else "-o" + "".join(map(str, args.order))
+        path = Path(args.out) / f"bench-{dev}-{preset}{order}-{stamp}.json"
         shape = {"cifar10": (10, 3, 32, 50_000), "fashion-mnist": (10, 1, 28, 60_000),
                  "fashion-mnist-subset": (10, 1, 28, 4_000)}
         if cfg.data.dataset not in shape:
@@ -330,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                num_classes=classes, in_channels=chans, image_size=size,
                                train_size=n // 2, paths=args.paths, plain_steps=args.plain_steps,
                                on_row=lambda r: atomic_write_json(path, r),
-                               threads=args.threads or [default_threads()], loads=args.load)
+                               threads=args.threads or [default_threads()], loads=args.load,
+                               orders=args.order)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

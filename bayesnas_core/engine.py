@@ -1,4 +1,4 @@
-"""The fast search step: one first-order step as pure tensor code, replayed as a CUDA graph.
+"""The fast search step: one search step as pure tensor code, replayed as a CUDA graph.
 
 :func:`~bayesnas_core.search.search_step` is the readable reference: Python floats,
 ``torch.optim`` objects and one ``.item()`` per statistic. On a GPU that style costs
@@ -10,6 +10,12 @@ and a host sync per statistic). :class:`StepEngine` computes the same step:
 2. one architecture step on a valid batch: Adam on ``alpha`` (DARTS), or Vadam on
    ``N(mu, sigma^2)`` from ``M`` samples in one batched pass (BaLeNAS);
 
+or, in second order (``order=2``), as DARTS's train loop orders it, the architecture step
+first, from DARTS's unrolled gradient (one look-ahead step of the weight optimizer, then the
+finite-difference Hessian-vector term; :func:`~bayesnas_core.gradients.arch_gradient`), at
+``alpha`` or at each of the ``M`` samples in turn (each sample has its own look-ahead
+weights, so they are not batched), then the SGD step on the same train batch;
+
 with every hyperparameter that changes between steps held in a tensor, the optimizer
 states updated in place (they are the very tensors of ``w_opt`` and the architecture
 optimizer, so checkpoints do not change), and the step statistics summed on the device.
@@ -19,9 +25,9 @@ the Monte-Carlo noise are drawn outside the graph, exactly as the plain path dra
 and copied into static buffers.
 
 It is the same step up to floating-point round-off (summation order, and ``p - lr * g``
-where torch fuses ``p.add_(g, alpha=-lr)``): ``tests/test_engine.py`` checks 1e-9 in float64.
-Only first-order steps are supported; the unrolled (second-order) gradient stays on the
-plain path.
+where torch fuses ``p.add_(g, alpha=-lr)``): ``tests/test_engine.py`` checks 1e-9 in float64,
+in first and second order. The finite-difference radius ``eps / ||v||`` stays a tensor here
+(the plain path reads it back as a Python float).
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ STAT_NAMES = ("train_loss", "train_acc", "valid_loss", "valid_acc")
 
 
 class StepEngine:
-    """Runs first-order search steps of ``model``; ``cuda_graph=True`` replays them as a graph.
+    """Runs search steps of ``model``; ``cuda_graph=True`` replays them as a graph.
 
     Args:
         model: the supernet (its ``alpha`` is the architecture parameter, or ``mu``).
@@ -54,10 +60,16 @@ class StepEngine:
         grad_clip: max norm of the weight gradient.
         cuda_graph: capture the step in a CUDA graph (CUDA only) on the first call.
         warmup: eager steps run (and undone) before the capture.
+        order: 1 (first order) or 2 (DARTS's unrolled gradient, look-ahead rate the
+            weight lr of each step, as the plain path's ``xi``).
+        unrolled_eps: second order's finite-difference radius ``eps / ||v||``.
     """
 
     def __init__(self, model: NB201Supernet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.Optimizer,
-                 *, grad_clip: float, cuda_graph: bool = False, warmup: int = 3) -> None:
+                 *, grad_clip: float, cuda_graph: bool = False, warmup: int = 3, order: int = 1,
+                 unrolled_eps: float = 0.01) -> None:
+        if order not in (1, 2):
+            raise ValueError(f"StepEngine: order must be 1 or 2, got {order}")
         if not isinstance(w_opt, torch.optim.SGD):
             raise TypeError("StepEngine needs torch.optim.SGD for the weights")
         if not isinstance(a_opt, (Vadam, torch.optim.Adam)):
@@ -74,6 +86,7 @@ class StepEngine:
         self.model, self.w_opt, self.a_opt = model, w_opt, a_opt
         self.bayesian = isinstance(a_opt, Vadam)
         self.grad_clip = float(grad_clip)
+        self.order, self.unrolled_eps = order, float(unrolled_eps)
         self.cuda_graph, self.warmup = cuda_graph, warmup
         self.graph: torch.cuda.CUDAGraph | None = None
 
@@ -167,7 +180,8 @@ class StepEngine:
     def _hyperparameters(self) -> tuple:
         w = {k: v for k, v in self.w_opt.param_groups[0].items() if k not in ("params", "lr")}
         a = {k: v for k, v in self.a_opt.param_groups[0].items() if k != "params"}
-        return (sorted(w.items(), key=str), sorted(a.items(), key=str), self.grad_clip)
+        return (sorted(w.items(), key=str), sorted(a.items(), key=str), self.grad_clip, self.order,
+                self.unrolled_eps)
 
     def _load(self, train_batch: tuple[Tensor, Tensor], val_batch: tuple[Tensor, Tensor]) -> None:
         tensors = {"tx": train_batch[0], "ty": train_batch[1], "vx": val_batch[0], "vy": val_batch[1]}
@@ -217,10 +231,20 @@ class StepEngine:
         self.graph = graph
 
     def _compute(self) -> None:
-        b = self._static
-        model, alpha = self.model, self.alpha
-        model.train()
-        # ---- weight step: SGD (nesterov) on the train batch at alpha (or mu)
+        self.model.train()
+        if self.order == 2:  # as DARTS: the architecture step unrolls from the current weights
+            v_loss, v_acc = self._unrolled_vadam_step() if self.bayesian else self._unrolled_adam_step()
+            loss, train_acc = self._weight_step()
+        else:
+            loss, train_acc = self._weight_step()
+            v_loss, v_acc = self._vadam_step() if self.bayesian else self._adam_step()
+        with torch.no_grad():
+            self.last.copy_(torch.stack([loss, train_acc, v_loss, v_acc]))
+            self.sums.add_(self.last)
+
+    def _weight_step(self) -> tuple[Tensor, Tensor]:
+        """SGD (nesterov) on the train batch at alpha (or mu); returns loss and accuracy."""
+        b, model, alpha = self._static, self.model, self.alpha
         with torch.enable_grad():
             logits = model(b["tx"], F.softmax(alpha.detach(), dim=-1))
             loss = F.cross_entropy(logits, b["ty"])
@@ -237,14 +261,7 @@ class StepEngine:
             torch._foreach_mul_(grads, self.lr)
             torch._foreach_sub_(self.weights, grads)
             train_acc = (logits.argmax(-1) == b["ty"]).to(torch.float64).mean()
-        # ---- architecture step on the valid batch
-        if self.bayesian:
-            v_loss, v_acc = self._vadam_step()
-        else:
-            v_loss, v_acc = self._adam_step()
-        with torch.no_grad():
-            self.last.copy_(torch.stack([loss.detach().to(torch.float64), train_acc, v_loss, v_acc]))
-            self.sums.add_(self.last)
+        return loss.detach().to(torch.float64), train_acc
 
     @contextlib.contextmanager
     def _weights_constant(self) -> Iterator[None]:
@@ -264,32 +281,40 @@ class StepEngine:
                 p.requires_grad_(flag)
 
     def _adam_step(self) -> tuple[Tensor, Tensor]:
-        b, alpha, g = self._static, self.alpha, self.a_opt.param_groups[0]
+        b, alpha = self._static, self.alpha
         with torch.enable_grad(), self._weights_constant():
             a = alpha.detach().requires_grad_(True)
             logits = self.model(b["vx"], F.softmax(a, dim=-1))
             loss = F.cross_entropy(logits, b["vy"])
             (grad,) = torch.autograd.grad(loss, a)
+        self._adam_update(grad)
         with torch.no_grad():
-            b1, b2 = g["betas"]
-            if g["weight_decay"]:
-                grad = grad.add(alpha, alpha=g["weight_decay"])
-            self.a_step.add_(1)
-            bc1 = 1 - torch.pow(b1, self.a_step)
-            bc2 = 1 - torch.pow(b2, self.a_step)
-            self.exp_avg.lerp_(grad, 1 - b1)
-            self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-            denom = (self.exp_avg_sq.sqrt() / bc2.sqrt().to(alpha.dtype)).add_(g["eps"])
-            alpha.sub_((g["lr"] / bc1).to(alpha.dtype) * self.exp_avg / denom)
             acc = (logits.argmax(-1) == b["vy"]).to(torch.float64).mean()
         return loss.detach().to(torch.float64), acc
 
+    @torch.no_grad()
+    def _adam_update(self, grad: Tensor) -> None:
+        """torch.optim.Adam's step on alpha with this gradient (weight decay added to it)."""
+        alpha, g = self.alpha, self.a_opt.param_groups[0]
+        b1, b2 = g["betas"]
+        if g["weight_decay"]:
+            grad = grad.add(alpha, alpha=g["weight_decay"])
+        self.a_step.add_(1)
+        bc1 = 1 - torch.pow(b1, self.a_step)
+        bc2 = 1 - torch.pow(b2, self.a_step)
+        self.exp_avg.lerp_(grad, 1 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (self.exp_avg_sq.sqrt() / bc2.sqrt().to(alpha.dtype)).add_(g["eps"])
+        alpha.sub_((g["lr"] / bc1).to(alpha.dtype) * self.exp_avg / denom)
+
+    def _sigma(self) -> Tensor:
+        g = self.a_opt.param_groups[0]
+        return torch.rsqrt(g["num_data"] * self.exp_avg_sq + g["prior_precision"])
+
     def _vadam_step(self) -> tuple[Tensor, Tensor]:
-        b, alpha, g = self._static, self.alpha, self.a_opt.param_groups[0]
-        lam, n, M = g["prior_precision"], g["num_data"], self.mc
+        b, alpha, M = self._static, self.alpha, self.mc
         with torch.no_grad():
-            sigma = torch.rsqrt(n * self.exp_avg_sq + lam)
-            samples = alpha.detach() + sigma * b["eps"]
+            samples = alpha.detach() + self._sigma() * b["eps"]
         with torch.enable_grad(), self._weights_constant():
             a = samples.requires_grad_(True)
             logits = self.model(b["vx"], F.softmax(a, dim=-1))  # [M, B, K]
@@ -297,23 +322,101 @@ class StepEngine:
             losses = F.cross_entropy(logits.reshape(M * B, -1), b["vy"].repeat(M), reduction="none")
             losses = losses.view(M, B).mean(1)
             (gk,) = torch.autograd.grad(losses.sum(), a)
+        self._vadam_update(gk)
         with torch.no_grad():
-            b1, b2 = g["betas"]
-            grad, gsq = gk.mean(0), (gk * gk).mean(0)
-            self.exp_avg.mul_(b1).add_(grad + (lam / n) * alpha, alpha=1.0 - b1)
-            self.exp_avg_sq.mul_(b2).add_(gsq, alpha=1.0 - b2)
-            self.a_step.add_(1)
-            m_hat = self.exp_avg / (1 - torch.pow(b1, self.a_step)).to(alpha.dtype)
-            denom = (self.exp_avg_sq / (1 - torch.pow(b2, self.a_step)).to(alpha.dtype)).sqrt_().add_(lam / n)
-            alpha.addcdiv_(m_hat, denom, value=-g["lr"])
             acc = (logits.argmax(-1) == b["vy"]).to(torch.float64).mean()
         return losses.detach().mean().to(torch.float64), acc
 
+    @torch.no_grad()
+    def _vadam_update(self, gk: Tensor) -> None:
+        """Vadam's update of mu from the ``[M, ...]`` gradients at the M samples."""
+        alpha, g = self.alpha, self.a_opt.param_groups[0]
+        lam, n = g["prior_precision"], g["num_data"]
+        b1, b2 = g["betas"]
+        grad, gsq = gk.mean(0), (gk * gk).mean(0)
+        self.exp_avg.mul_(b1).add_(grad + (lam / n) * alpha, alpha=1.0 - b1)
+        self.exp_avg_sq.mul_(b2).add_(gsq, alpha=1.0 - b2)
+        self.a_step.add_(1)
+        m_hat = self.exp_avg / (1 - torch.pow(b1, self.a_step)).to(alpha.dtype)
+        denom = (self.exp_avg_sq / (1 - torch.pow(b2, self.a_step)).to(alpha.dtype)).sqrt_().add_(lam / n)
+        alpha.addcdiv_(m_hat, denom, value=-g["lr"])
 
-def engine_supported(order: int, fused_cell: bool, batched_mc: bool) -> bool:
-    """Whether a search with these settings runs on :class:`StepEngine` (the fast path)."""
-    return order == 1 and fused_cell and batched_mc
+    # ---- second order
+    def _unrolled_adam_step(self) -> tuple[Tensor, Tensor]:
+        grad, loss, acc = self._unrolled_gradient(self.alpha.detach())
+        self._adam_update(grad)
+        return loss, acc
 
+    def _unrolled_vadam_step(self) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            samples = self.alpha.detach() + self._sigma() * self._static["eps"]
+        # one unrolled gradient per sample, in turn, as Vadam.step runs its closure
+        grads, losses, accs = zip(*(self._unrolled_gradient(samples[k]) for k in range(self.mc)))
+        self._vadam_update(torch.stack(grads))
+        return torch.stack(losses).mean(), torch.stack(accs).mean()
+
+    def _arch_grad_on_train(self, a: Tensor) -> Tensor:
+        """grad_alpha L_train(w, alpha) at the current weights."""
+        b = self._static
+        with torch.enable_grad(), self._weights_constant():
+            a = a.detach().requires_grad_(True)
+            loss = F.cross_entropy(self.model(b["tx"], F.softmax(a, dim=-1)), b["ty"])
+            (grad,) = torch.autograd.grad(loss, a)
+        return grad
+
+    def _unrolled_gradient(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """DARTS's unrolled gradient at architecture logits ``a`` as tensor code
+        (:func:`~bayesnas_core.gradients.arch_gradient` with ``order=2``):
+        ``w' = w - xi (momentum buf + g + wd w)``, then ``grad_a L_val(w', a) - xi H v``
+        with ``v = grad_w' L_val(w', a)`` and ``H v`` by central differences at
+        ``w +- R v``, ``R = eps / ||v||``. The weights come back exactly (copied from a
+        saved clone). Returns the gradient, the validation loss and accuracy at ``w'``."""
+        b, model, weights = self._static, self.model, self.weights
+        g = self.w_opt.param_groups[0]
+        saved = [w.detach().clone() for w in weights]
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(b["tx"], F.softmax(a.detach(), dim=-1)), b["ty"])
+            steps = list(torch.autograd.grad(loss, weights))  # not clipped, as in DARTS
+        with torch.no_grad():
+            if g["weight_decay"]:
+                torch._foreach_add_(steps, weights, alpha=g["weight_decay"])
+            if g["momentum"]:
+                torch._foreach_add_(steps, self.momentum_buffers, alpha=g["momentum"])
+            torch._foreach_mul_(steps, self.lr)  # xi: the weight lr of this step
+            torch._foreach_sub_(weights, steps)
+        with torch.enable_grad():
+            av = a.detach().requires_grad_(True)
+            logits = model(b["vx"], F.softmax(av, dim=-1))
+            v_loss = F.cross_entropy(logits, b["vy"])
+            darch, *v = torch.autograd.grad(v_loss, [av, *weights])
+        with torch.no_grad():
+            acc = (logits.argmax(-1) == b["vy"]).to(torch.float64).mean()
+            R = self.unrolled_eps / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v))).clamp_min(1e-12)
+            torch._foreach_copy_(weights, saved)
+            torch._foreach_mul_(v, R)  # v now holds R v
+            torch._foreach_add_(weights, v)
+        g_plus = self._arch_grad_on_train(a)
+        with torch.no_grad():
+            torch._foreach_add_(weights, v, alpha=-2.0)
+        g_minus = self._arch_grad_on_train(a)
+        with torch.no_grad():
+            torch._foreach_copy_(weights, saved)
+            grad = darch - self.lr * (g_plus - g_minus) / (2 * R)
+        return grad, v_loss.detach().to(torch.float64), acc
+
+
+def engine_supported(order: int, fused_cell: bool, batched_mc: bool, graph: bool = False) -> bool:
+    """Whether a search with these settings runs on :class:`StepEngine` (the fast path).
+
+    First order: with fused cells and batched samples. Second order: also only where the
+    engine is replayed as a CUDA graph (``graph``); on a CPU the unrolled step stays on the
+    plain loop, so second-order CPU runs reproduce as shipped (the default study's DARTS
+    second-order seeds; the eager engine rounds differently in float32). The eager engine
+    gains little on a CPU (``assets/bench/bench-cpu-default-o12-*.json``); on the H200 the
+    graph made first-order steps x4.4-5.3 faster than the plain path
+    (``assets/bench/bench-cuda-nb201-paper-20261128-025650.json``).
+    """
+    return fused_cell and batched_mc and (order == 1 or (order == 2 and graph))
 
 
 # ---------------------------------------------------------------------------------
@@ -345,10 +448,11 @@ def build_accelerator(cfg: Any, space: str, model: Any, w_opt: torch.optim.Optim
 
 def _nb201_engine(cfg: Any, model: Any, w_opt: torch.optim.Optimizer, dist: Any) -> StepEngine | None:
     s = cfg.search
-    if not engine_supported(s.order, s.fused_cell, s.batched_mc):
+    graph = s.cuda_graph and torch.device(cfg.device).type == "cuda"
+    if not engine_supported(s.order, s.fused_cell, s.batched_mc, graph):
         return None
-    return StepEngine(model, w_opt, dist.optimizer, grad_clip=s.grad_clip,
-                      cuda_graph=s.cuda_graph and torch.device(cfg.device).type == "cuda")
+    return StepEngine(model, w_opt, dist.optimizer, grad_clip=s.grad_clip, cuda_graph=graph,
+                      order=s.order, unrolled_eps=s.unrolled_eps)
 
 
 register_accelerator("nb201", "darts")(_nb201_engine)

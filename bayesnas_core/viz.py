@@ -246,8 +246,10 @@ def log_axis(ax: Axes, which: str = "x") -> None:
 
 
 def bench_label(row: dict[str, Any]) -> str:
-    """``darts`` or ``balenas M=k`` for a benchmark row."""
-    return row["method"] if row.get("mc_samples") is None else f"{row['method']} M={row['mc_samples']}"
+    """``darts`` or ``balenas M=k`` for a benchmark row, with `` 2nd order`` for a
+    second-order row (first-order goals do not apply to it)."""
+    label = row["method"] if row.get("mc_samples") is None else f"{row['method']} M={row['mc_samples']}"
+    return label + (" 2nd order" if row.get("order") == 2 else "")
 
 
 def draw_genotype(genotype: Any, *, axes: Sequence[Axes] | None = None) -> Any:

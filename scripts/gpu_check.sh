@@ -7,9 +7,11 @@
 # into OUT_DIR as it finishes (the device tool returns at most 8 files of 16 MiB, no deep
 # folders):
 # 1. checks.log: the GPU, versions, and the CUDA tests (graph replay == eager engine,
-#    graph search == plain path, for both cell implementations)
+#    graph search == plain path, for every cell implementation, in first and second order)
 # 2. bench-cuda-*.json, bench.log: the speed benchmark at paper settings (NB201 C=16, N=5,
-#    batch 64, 25k/25k): plain, fast, graph, graph-conv and compiled side by side in one process
+#    batch 64, 25k/25k): plain, fast, graph, graph-conv and compiled side by side in one process;
+#    then bench-cuda-nb201-paper-o12-*.json (its log appended to bench.log): second order
+#    beside first order, plain and graph, at most 120 s
 # 3. run-*.tgz, runs.log: full-scale searches on the full Fashion-MNIST training set
 #    (fmnist-paper preset), seed 0, one after another while time is left: first the runs
 #    carried in RESUME_DIR (default .carry/resume, each a run directory with its
@@ -28,13 +30,16 @@
 #
 # Environment overrides, for a dry run on a CPU: DEVICE (default cuda), BENCH_ARGS (default
 # "--preset nb201-paper --steps 100 --plain-steps 5 --warmup 3 --paths plain fast graph
-# graph-conv compiled"), RUN_ARGS (extra search flags), RESUME_DIR. SEARCH_PATH (graph,
+# graph-conv compiled"), BENCH2_ARGS (the second-order bench's, default "--preset
+# nb201-paper --steps 50 --plain-steps 3 --warmup 3 --order 1 2 --mc 3 1 --paths plain
+# graph"), RUN_ARGS (extra search flags), RESUME_DIR. SEARCH_PATH (graph,
 # graph-conv or compiled) skips the tests and the bench and goes straight to the searches on
 # that path: for a session's second call, after the first one's bench chose it.
 set -uo pipefail
 out=${1:?OUT_DIR}; root=${2:?FMNIST_ROOT}; budget=${3:-540}; epochs=${4:-50}
 device=${DEVICE:-cuda}
 bench_args=${BENCH_ARGS:---preset nb201-paper --steps 100 --plain-steps 5 --warmup 3 --paths plain fast graph graph-conv compiled}
+bench2_args=${BENCH2_ARGS:---preset nb201-paper --steps 50 --plain-steps 3 --warmup 3 --order 1 2 --mc 3 1 --paths plain graph}
 run_args=${RUN_ARGS:-}
 resume_dir=${RESUME_DIR:-.carry/resume}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -55,7 +60,7 @@ check_and_bench() {  # sets $choice: the path the searches use
   if [ "$device" != cpu ]; then
     # the CUDA tests only (seconds); the compile tests pass on a CPU with BAYESNAS_COMPILE_TESTS=1
     # and would spend minutes of device time compiling tiny graphs
-    timeout "$(cap 90)" python3 -m pytest -q -o addopts="" -p no:cacheprovider -k "cuda and not compile" \
+    timeout "$(cap 120)" python3 -m pytest -q -o addopts="" -p no:cacheprovider -k "cuda and not compile" \
         tests/test_engine.py 2>&1 | tee -a "$out/checks.log"
     if [ "${PIPESTATUS[0]}" -ne 0 ]; then
       echo "CUDA tests failed: see above" | tee -a "$out/checks.log"
@@ -71,7 +76,7 @@ check_and_bench() {  # sets $choice: the path the searches use
   ranking=$(python3 - "$out" <<'PY'
 import glob, json, sys
 rows = [r for f in glob.glob(sys.argv[1] + "/bench-*.json") for r in json.load(open(f))["rows"]
-        if "error" not in r and r["path"] in ("graph", "graph-conv", "compiled")]
+        if "error" not in r and r.get("order", 1) == 1 and r["path"] in ("graph", "graph-conv", "compiled")]
 best = {}
 for r in sorted(rows, key=lambda r: r.get("mc_samples") != 3):  # M=3 rows win ties of path
     best.setdefault(r["path"], r["ms_per_step"])
@@ -90,6 +95,11 @@ PY
       choice=${next:-graph}
     fi
   fi
+
+  # second order beside first order (issue goal: within 2.5x), after the path is chosen
+  # shellcheck disable=SC2086
+  timeout "$(cap 120)" python3 -m bayesnas_core.bench --device "$device" $bench2_args \
+      --out "$out" 2>&1 | tee -a "$out/bench.log"
 }
 if [ -n "${SEARCH_PATH:-}" ]; then  # a later call of the session: straight to the searches
   choice=$SEARCH_PATH

@@ -32,6 +32,29 @@ def test_bench_writes_side_by_side_rows(tmp_path, capsys) -> None:
         assert fast["kernel_ops_per_step"] < 0.8 * plain["kernel_ops_per_step"]
 
 
+def test_bench_times_second_order_beside_first(tmp_path) -> None:
+    """``--order 1 2``: every path and method in both orders in one report, each row
+    tagged with its order, speedups against the plain row of the same order, and a
+    second-order step costing more than a first-order one (it runs more passes)."""
+    rc = bench.main(["--device", "cpu", "--preset", "lesson", "--steps", "2", "--warmup", "1",
+                     "--mc", "2", "--order", "1", "2", "--paths", "plain", "fast", "--out", str(tmp_path)])
+    assert rc == 0
+    (path,) = tmp_path.glob("bench-cpu-lesson-o12-*.json")
+    report = json.loads(path.read_text())
+    rows = report["rows"]
+    assert report["config"]["orders"] == [1, 2]
+    assert [(r["order"], r["method"], r["path"]) for r in rows] == [
+        (o, m, p) for o in (1, 2) for m in ("balenas", "darts") for p in ("plain", "fast")]
+    for plain, fast in zip(rows[0::2], rows[1::2]):
+        assert fast["speedup_vs_plain"] == pytest.approx(plain["ms_per_step"] / fast["ms_per_step"])
+    first, second = rows[:4], rows[4:]
+    for a, b in zip(first, second):  # the unrolled step runs about twice as many passes
+        assert b["kernel_ops_per_step"] > 1.5 * a["kernel_ops_per_step"]
+    assert [bench.report_lines(report)[i].split()[3:5] for i in (1, 5)] == [["order", "1"], ["order", "2"]]
+    from bayesnas_core.viz import bench_label
+    assert bench_label(second[0]) == "balenas M=2 2nd order" and bench_label(first[2]) == "darts"
+
+
 def test_kernel_ops_leave_out_views() -> None:
     x = torch.randn(4, 3)
     counts = bench.count_kernel_ops(lambda: (x + 1).relu().view(2, 6).t().sum())

@@ -16,8 +16,9 @@ from bayesnas_core.spaces.nb201 import CELL_IMPLS
 from conftest import make_tiny_config, make_tiny_data
 
 
-def _setup(tmp_path, method: str, fused: bool, dtype: str):
-    cfg = make_tiny_config(tmp_path, method=method, mc_samples=3, batched_mc=fused, fused_cell=fused)
+def _setup(tmp_path, method: str, fused: bool, dtype: str, order: int = 1):
+    cfg = make_tiny_config(tmp_path, method=method, mc_samples=3, batched_mc=fused, fused_cell=fused,
+                           order=order)
     cfg.dtype = dtype
     torch.manual_seed(0)
     model = build_supernet(cfg, 4, 1)
@@ -35,18 +36,21 @@ def _batches(dtype: torch.dtype, steps: int):
             for i in range(steps)]
 
 
+@pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("method", ["darts", "balenas"])
-def test_engine_step_equals_plain_step(tmp_path, method) -> None:
+def test_engine_step_equals_plain_step(tmp_path, method, order) -> None:
     """Five steps, float64, with a learning-rate change halfway: the engine (folded cells,
     on-device statistics) and the plain path (unfused cells, torch.optim, one pass per
     Monte-Carlo sample, same noise) agree to 1e-9 in every weight, alpha and optimizer
     state (equal up to round-off), and in the mean statistics to float32 round-off (the
     plain Vadam path reports its loss as a float32 tensor). grad_clip=1 is below the
-    gradient norms here (about 3), so clipping acts in every step."""
-    _, pm, pw, pa = _setup(tmp_path, method, fused=False, dtype="float64")
-    _, fm, fw, fa = _setup(tmp_path, method, fused=True, dtype="float64")
+    gradient norms here (about 3), so clipping acts in every step. Second order: the
+    unrolled gradient (look-ahead with the momentum buffers, the finite-difference term,
+    the look-ahead rate following the lr change), architecture step first."""
+    _, pm, pw, pa = _setup(tmp_path, method, fused=False, dtype="float64", order=order)
+    _, fm, fw, fa = _setup(tmp_path, method, fused=True, dtype="float64", order=order)
     fm.load_state_dict(pm.state_dict())
-    engine = StepEngine(fm, fw, fa.optimizer, grad_clip=1.0)
+    engine = StepEngine(fm, fw, fa.optimizer, grad_clip=1.0, order=order)
     stats = []
     for i, (tb, vb) in enumerate(_batches(torch.float64, 5)):
         if i == 3:
@@ -95,8 +99,9 @@ def test_engine_state_round_trips_through_the_plain_optimizers(tmp_path) -> None
     assert torch.equal(a2.optimizer.state[m2.alpha]["exp_avg_sq"], arch.optimizer.state[model.alpha]["exp_avg_sq"])
 
 
+@pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("method", ["darts", "balenas"])
-def test_engine_with_compiled_cells_equals_eager_engine(tmp_path, monkeypatch, method) -> None:
+def test_engine_with_compiled_cells_equals_eager_engine(tmp_path, monkeypatch, method, order) -> None:
     """Compiled cells in the engine (dynamo and AOTAutograd without code generation, so
     seconds on a CPU; inductor itself is covered by the ``compile`` tests): three float64
     steps end where the eager engine's do, and the architecture step's constant weights
@@ -108,12 +113,12 @@ def test_engine_with_compiled_cells_equals_eager_engine(tmp_path, monkeypatch, m
     torch._dynamo.reset()
     compiled = torch.compile(nb201._cell_forward, backend="aot_eager", dynamic=False)
     monkeypatch.setattr(nb201, "_compiled_cell_forward", lambda: compiled)
-    _, em, ew, ea = _setup(tmp_path, method, fused=True, dtype="float64")
-    _, cm, cw, ca = _setup(tmp_path, method, fused=True, dtype="float64")
+    _, em, ew, ea = _setup(tmp_path, method, fused=True, dtype="float64", order=order)
+    _, cm, cw, ca = _setup(tmp_path, method, fused=True, dtype="float64", order=order)
     cm.load_state_dict(em.state_dict())
     cm.compile_cells = True
-    eager = StepEngine(em, ew, ea.optimizer, grad_clip=1.0)
-    engine = StepEngine(cm, cw, ca.optimizer, grad_clip=1.0)
+    eager = StepEngine(em, ew, ea.optimizer, grad_clip=1.0, order=order)
+    engine = StepEngine(cm, cw, ca.optimizer, grad_clip=1.0, order=order)
     for tb, vb in _batches(torch.float64, 3):
         eager.step(tb, vb)
         engine.step(tb, vb)
@@ -142,15 +147,17 @@ class _HostData(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("impl", CELL_IMPLS)
 @pytest.mark.parametrize("method", ["darts", "balenas"])
-def test_engine_step_has_no_host_round_trip(tmp_path, method, impl) -> None:
+def test_engine_step_has_no_host_round_trip(tmp_path, method, impl, order) -> None:
     """A CUDA graph cannot capture a copy from host memory or a read-back, so the
-    captured step (cells of every implementation, mixing weights, optimizer updates)
-    builds no tensor from Python data and reads no value back."""
-    cfg, model, w_opt, arch = _setup(tmp_path, method, fused=True, dtype="float32")
+    captured step (cells of every implementation, mixing weights, optimizer updates, and
+    in second order the unrolled gradient with its finite-difference radius) builds no
+    tensor from Python data and reads no value back."""
+    cfg, model, w_opt, arch = _setup(tmp_path, method, fused=True, dtype="float32", order=order)
     model.cell_impl = impl
-    engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=5.0)
+    engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=5.0, order=order)
     (tb, vb), = _batches(torch.float32, 1)
     engine.step(tb, vb)  # the static buffers exist from here on
     with _HostData() as record:
@@ -180,8 +187,13 @@ def test_engine_rejects_what_it_does_not_implement(tmp_path) -> None:
     arch.optimizer.param_groups[0]["lr"] = 1.0  # a graph would silently keep the old one
     with pytest.raises(ValueError, match="other than the weight lr"):
         engine.step(tb, vb)
-    assert engine_supported(1, True, True)
-    assert not engine_supported(2, True, True) and not engine_supported(1, False, True)
+    assert engine_supported(1, True, True) and engine_supported(1, True, True, graph=True)
+    assert not engine_supported(1, False, True) and not engine_supported(1, True, False)
+    # second order: on the engine only where it is replayed as a CUDA graph
+    assert engine_supported(2, True, True, graph=True)
+    assert not engine_supported(2, True, True) and not engine_supported(2, False, True, graph=True)
+    with pytest.raises(ValueError, match="order"):
+        StepEngine(model, w_opt, arch.optimizer, grad_clip=5.0, order=3)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -191,14 +203,15 @@ compile_ok = pytest.mark.skipif(
 
 
 @cuda
+@pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("method", ["darts", "balenas"])
-def test_cuda_graph_replay_equals_eager_engine(tmp_path, method) -> None:
+def test_cuda_graph_replay_equals_eager_engine(tmp_path, method, order) -> None:
     """On CUDA, ten replayed steps (with a learning-rate change) end where ten eager engine
     steps do, from the same start with the same noise: float32, alpha within 1e-5 and
     weights within 1e-4 relative (cuDNN may pick other algorithms under the graph)."""
     runs = []
     for graph in (False, True):
-        cfg = make_tiny_config(tmp_path, method=method, mc_samples=3)
+        cfg = make_tiny_config(tmp_path, method=method, mc_samples=3, order=order)
         cfg.device = "cuda"
         torch.manual_seed(0)
         model = build_supernet(cfg, 4, 1)
@@ -206,7 +219,7 @@ def test_cuda_graph_replay_equals_eager_engine(tmp_path, method) -> None:
         w_opt = torch.optim.SGD(model.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
                                 nesterov=True, weight_decay=s.w_weight_decay)
         arch = build_arch_update(cfg, model, 64, torch.Generator(device="cuda").manual_seed(5))
-        engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=5.0, cuda_graph=graph)
+        engine = StepEngine(model, w_opt, arch.optimizer, grad_clip=5.0, cuda_graph=graph, order=order)
         for i, (tb, vb) in enumerate(_batches(torch.float32, 10)):
             if i == 5:
                 w_opt.param_groups[0]["lr"] = 0.01
@@ -223,10 +236,11 @@ def test_cuda_graph_replay_equals_eager_engine(tmp_path, method) -> None:
 
 
 @cuda
-@pytest.mark.parametrize("cell_impl", ["matmul", "conv", "elementwise"])
-def test_cuda_graph_search_matches_plain_path(tmp_path, cell_impl) -> None:
+@pytest.mark.parametrize("cell_impl,order", [("matmul", 1), ("conv", 1), ("elementwise", 1), ("matmul", 2)])
+def test_cuda_graph_search_matches_plain_path(tmp_path, cell_impl, order) -> None:
     """A short BaLeNAS search on CUDA: the graph-replayed fast path ends with the plain
-    path's mu and sigma (same tolerance as the CPU test), with TF32 off."""
+    path's mu and sigma (same tolerance as the CPU test), with TF32 off; in second order
+    too (the search then takes the engine, which it does only under a CUDA graph)."""
     from dataclasses import replace
 
     from bayesnas_core.data import TensorSplit
@@ -235,7 +249,7 @@ def test_cuda_graph_search_matches_plain_path(tmp_path, cell_impl) -> None:
     results = []
     for fast in (True, False):
         cfg = make_tiny_config(tmp_path, method="balenas", mc_samples=3, batched_mc=fast,
-                               fused_cell=fast, cell_impl=cell_impl)
+                               fused_cell=fast, cell_impl=cell_impl, order=order)
         cfg.device = "cuda"
         data = make_tiny_data()
         data = replace(data, **{k: TensorSplit(getattr(data, k).x.cuda(), getattr(data, k).y.cuda())
