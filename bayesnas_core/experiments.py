@@ -249,7 +249,7 @@ def _speed_watch(cfg: RunConfig, log: Callable[[str], None]) -> Callable[[dict[s
         path = "fast" if engine_supported(s.order, s.fused_cell, s.batched_mc) else "plain"
         ref = idle_reference(load_reports(), preset=cfg.preset, method=s.method,
                              mc_samples=s.mc_samples if s.method == "balenas" else None,
-                             path=path, threads=torch.get_num_threads())
+                             path=path, threads=torch.get_num_threads(), order=s.order)
         hint = slow_step_hint(record["step_ms"], ref, torch.get_num_threads())
         if hint:
             log(hint)

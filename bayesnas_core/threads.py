@@ -105,9 +105,10 @@ SLOW_FACTOR = 3.0
 
 
 def idle_reference(reports: list[dict], *, preset: str, method: str, mc_samples: int | None,
-                   path: str, threads: int) -> tuple[float, str] | None:
+                   path: str, threads: int, order: int = 1) -> tuple[float, str] | None:
     """The newest idle CPU benchmark figure (ms per step, file name) for this setting,
-    from :func:`bayesnas_core.bench.load_reports`; None if none was measured."""
+    from :func:`bayesnas_core.bench.load_reports`; None if none was measured. A row
+    without an ``order`` is a first-order row (the reports made before ``--order``)."""
     found = None
     for rep in reports:
         if rep["config"].get("preset") != preset or not str(rep["config"].get("device", "")).startswith("cpu"):
@@ -115,6 +116,7 @@ def idle_reference(reports: list[dict], *, preset: str, method: str, mc_samples:
         for row in rep["rows"]:
             if ("error" not in row and row["method"] == method and row["path"] == path
                     and row.get("mc_samples") == mc_samples and row.get("load", 0) == 0
+                    and row.get("order", 1) == order
                     and row.get("threads", rep["env"].get("cpu_threads")) == threads):
                 found = (row["ms_per_step"], rep["file"])
     return found

@@ -67,7 +67,9 @@ REPORTS = [{"file": "bench-cpu-lesson-x.json", "config": {"preset": "lesson", "d
                       "ms_per_step": 10.0},
                      {"method": "balenas", "path": "fast", "mc_samples": 3, "threads": 1, "load": 1,
                       "ms_per_step": 99.0},
-                     {"method": "darts", "path": "fast", "mc_samples": None, "ms_per_step": 7.0}]}]
+                     {"method": "darts", "path": "fast", "mc_samples": None, "ms_per_step": 7.0},
+                     {"method": "balenas", "path": "fast", "mc_samples": 3, "threads": 1, "load": 0,
+                      "order": 2, "ms_per_step": 40.0}]}]
 
 
 def test_idle_reference_picks_the_matching_idle_row() -> None:
@@ -78,6 +80,9 @@ def test_idle_reference_picks_the_matching_idle_row() -> None:
                           threads=2) == (7.0, "bench-cpu-lesson-x.json")
     assert idle_reference(REPORTS, preset="default", method="balenas", mc_samples=3, path="fast",
                           threads=1) is None
+    # a second-order row is the reference of second-order runs only
+    assert idle_reference(REPORTS, preset="lesson", method="balenas", mc_samples=3, path="fast",
+                          threads=1, order=2) == (40.0, "bench-cpu-lesson-x.json")
 
 
 def test_slow_step_hint_only_when_far_slower() -> None:
