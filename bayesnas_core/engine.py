@@ -280,13 +280,19 @@ class StepEngine:
             for p, flag in zip(self.weights, before):
                 p.requires_grad_(flag)
 
-    def _adam_step(self) -> tuple[Tensor, Tensor]:
-        b, alpha = self._static, self.alpha
+    def _arch_grad(self, a: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``grad_a`` of the loss on ``(x, y)`` at logits ``a`` and the current weights;
+        returns the gradient, the loss and the logits."""
         with torch.enable_grad(), self._weights_constant():
-            a = alpha.detach().requires_grad_(True)
-            logits = self.model(b["vx"], F.softmax(a, dim=-1))
-            loss = F.cross_entropy(logits, b["vy"])
+            a = a.detach().requires_grad_(True)
+            logits = self.model(x, F.softmax(a, dim=-1))
+            loss = F.cross_entropy(logits, y)
             (grad,) = torch.autograd.grad(loss, a)
+        return grad, loss, logits
+
+    def _adam_step(self) -> tuple[Tensor, Tensor]:
+        b = self._static
+        grad, loss, logits = self._arch_grad(self.alpha, b["vx"], b["vy"])
         self._adam_update(grad)
         with torch.no_grad():
             acc = (logits.argmax(-1) == b["vy"]).to(torch.float64).mean()
@@ -355,15 +361,6 @@ class StepEngine:
         self._vadam_update(torch.stack(grads))
         return torch.stack(losses).mean(), torch.stack(accs).mean()
 
-    def _arch_grad_on_train(self, a: Tensor) -> Tensor:
-        """grad_alpha L_train(w, alpha) at the current weights."""
-        b = self._static
-        with torch.enable_grad(), self._weights_constant():
-            a = a.detach().requires_grad_(True)
-            loss = F.cross_entropy(self.model(b["tx"], F.softmax(a, dim=-1)), b["ty"])
-            (grad,) = torch.autograd.grad(loss, a)
-        return grad
-
     def _unrolled_gradient(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """DARTS's unrolled gradient at architecture logits ``a`` as tensor code
         (:func:`~bayesnas_core.gradients.arch_gradient` with ``order=2``):
@@ -395,10 +392,10 @@ class StepEngine:
             torch._foreach_copy_(weights, saved)
             torch._foreach_mul_(v, R)  # v now holds R v
             torch._foreach_add_(weights, v)
-        g_plus = self._arch_grad_on_train(a)
+        g_plus = self._arch_grad(a, b["tx"], b["ty"])[0]
         with torch.no_grad():
             torch._foreach_add_(weights, v, alpha=-2.0)
-        g_minus = self._arch_grad_on_train(a)
+        g_minus = self._arch_grad(a, b["tx"], b["ty"])[0]
         with torch.no_grad():
             torch._foreach_copy_(weights, saved)
             grad = darch - self.lr * (g_plus - g_minus) / (2 * R)
